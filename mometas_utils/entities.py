@@ -16,15 +16,14 @@ without tagging anything, so a script can fail before hours of preprocessing.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import importlib.util
+import json
 import os
 
 import datasets
 from datasets.fingerprint import Hasher
 
 from .errors import MometasInputError
-
 
 ENTITY_TAGGERS = ("stanza", "spacy", "column")
 ENTITIES_COLUMN = "entities"
