@@ -44,3 +44,26 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data slices not found at {path} (set MOMETAS_DATA_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, tokenizer):
+    """A tiny random BERT with the MiniLM vocabulary: real tokenisation, seconds per run."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def english_corpus(tmp_path_factory):
+    """Real English prose that ships with CPython (the demo corpus), one paragraph per line."""
+    from mometas_utils.demo import write_demo_corpus
+
+    return str(write_demo_corpus(tmp_path_factory.mktemp("corpus") / "python_reference.txt"))
