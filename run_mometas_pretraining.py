@@ -78,6 +78,8 @@ def parse_args(argv=None):
     data.add_argument("--max_seq_length", type=int, default=256, help="Tokens per sequence (paper: 256).")
     data.add_argument("--line_by_line", action="store_true",
                       help="One document per sequence with dynamic padding, instead of packing documents.")
+    data.add_argument("--pad_to_max_length", action="store_true",
+                      help="With --line_by_line: pad every sequence to --max_seq_length (the paper's code does).")
     data.add_argument("--preprocessing_num_workers", type=int, default=None)
     data.add_argument("--cache_dir", type=str, default=None, help="datasets/transformers cache folder.")
 
@@ -451,7 +453,7 @@ def train(args):
             f"--max_seq_length {args.max_seq_length} exceeds the model's {model.config.max_position_embeddings} positions"
         )
 
-    pad = PadCollator(tokenizer.pad_token_id)
+    pad = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=args.max_seq_length if args.pad_to_max_length else None)
     train_dataloader = DataLoader(
         splits["train"], shuffle=not args.streaming, collate_fn=pad, batch_size=args.per_device_train_batch_size,
         # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
