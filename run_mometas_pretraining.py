@@ -15,6 +15,7 @@ One CPU or eight GPUs: devices, processes and mixed precision come from `acceler
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -582,7 +583,7 @@ def train(args):
             batch = collators[objective](padded)
             tokens_seen[names.index(objective)] += int(batch["attention_mask"].sum())
             last = micro == args.gradient_accumulation_steps - 1
-            with accelerator.no_sync(model) if not last else _nullcontext():
+            with accelerator.no_sync(model) if not last else contextlib.nullcontext():
                 loss = model(objective=objective, **to_device(batch, accelerator.device)).loss
                 accelerator.backward(loss / args.gradient_accumulation_steps)
             step_loss += loss.detach() / args.gradient_accumulation_steps
@@ -638,14 +639,6 @@ def train(args):
                                   commit_message="End of MOMETAS pre-training", private=args.hub_private_repo)
             accelerator.print(f"Uploaded to {url}")
     return completed_steps
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv=None):

@@ -244,3 +244,22 @@ def test_push_to_hub_uploads_the_output_without_checkpoints_or_token(tiny_bert, 
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err + caplog.text
     assert SECRET not in (out / "README.md").read_text() + (out / "mometas_args.json").read_text()
+
+
+def test_demo_defaults_and_explicit_flags_win(tmp_path, minilm):
+    args = load_script().parse_args(["--demo", "--output_dir", str(tmp_path / "demo"), "--max_train_steps", "7"])
+    assert args.model_name_or_path == minilm
+    assert args.objectives == "mlm,cse,atd,dtd,emlm" and args.sampler == "mometas"
+    assert args.entity_tagger == "spacy" and args.max_train_steps == 7 and args.meta_length == 50
+    lines = Path(args.train_file).read_text().splitlines()
+    assert len(lines) > 500 and all(len(line.split()) >= 12 for line in lines)
+
+
+def test_demo_runs_end_to_end_on_the_real_checkpoint(tmp_path):
+    out = tmp_path / "demo"
+    result = run_script(["--demo", "--output_dir", out, "--max_train_steps", 10, "--meta_length", 5])
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = read_rows(out)
+    assert [r["step"] for r in rows] == [0, 5, 10]
+    assert rows[-1]["probabilities"] != rows[0]["probabilities"], "MOMETAS moved the distribution"
+    assert "average" in result.stdout and (out / "average_weights.png").is_file()
