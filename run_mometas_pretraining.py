@@ -96,8 +96,9 @@ def parse_args(argv=None):
                     help="R(τ): relative loss drops (Eq. 3), drop of the summed loss, or ±1 per objective.")
     mo.add_argument("--sampler_weights", type=str, default=None,
                     help="For --sampler fixed: 'mlm=2,cse=1,...' or '2,1,...' in --objectives order.")
-    mo.add_argument("--meta_eval_batches", type=int, default=4,
-                    help="Validation batches per objective (per process) at each meta-test.")
+    mo.add_argument("--meta_eval_batches", type=int, default=1,
+                    help="Validation batches of --per_device_eval_batch_size per objective (per process) at each "
+                    "meta-test. The paper's code uses one batch twice the training batch size.")
     mo.add_argument("--baseline_meta_test", action="store_true",
                     help="Run meta-test every K steps for samplers that do not need it (uniform, fixed, gradient, "
                     "loss), to record their validation losses and reward curve for comparison with MOMETAS.")
@@ -109,7 +110,7 @@ def parse_args(argv=None):
 
     tr = parser.add_argument_group("training (defaults: the paper's Table 6)")
     tr.add_argument("--per_device_train_batch_size", type=int, default=8)
-    tr.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    tr.add_argument("--per_device_eval_batch_size", type=int, default=16)
     tr.add_argument("--learning_rate", type=float, default=5e-5)
     tr.add_argument("--weight_decay", type=float, default=0.01)
     tr.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping.")
@@ -151,10 +152,9 @@ def parse_args(argv=None):
 DEMO_DEFAULTS = dict(
     max_seq_length=128,
     per_device_train_batch_size=16,
-    per_device_eval_batch_size=16,
+    per_device_eval_batch_size=32,
     max_train_steps=300,
     meta_length=50,
-    meta_eval_batches=2,
     entity_tagger="spacy",
     output_dir="out/demo",
     logging_steps=10,

@@ -64,7 +64,7 @@ def run(args, out, extra):
 
 def overhead(args, workdir):
     common = ["--objectives", "mlm,cse,atd,dtd,emlm", "--entity_tagger", "spacy", "--max_seq_length", 128,
-              "--per_device_train_batch_size", args.batch_size, "--per_device_eval_batch_size", args.batch_size,
+              "--per_device_train_batch_size", args.batch_size, "--per_device_eval_batch_size", 2 * args.batch_size,
               "--max_train_steps", args.steps, "--meta_length", args.meta_length]
     runs = {}
     for sampler in ("uniform", "mometas"):
