@@ -478,8 +478,10 @@ def train(args):
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * steps_per_epoch
     warmup = args.num_warmup_steps if args.num_warmup_steps is not None else math.ceil(args.warmup_ratio * args.max_train_steps)
-    lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=warmup,
-                                 num_training_steps=args.max_train_steps)
+    # Once prepared, the scheduler steps once per process at every optimizer step.
+    lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer,
+                                 num_warmup_steps=warmup * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
 
     # The loader yields padded CPU batches; the step's collator corrupts them, then they move.
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)

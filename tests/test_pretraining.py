@@ -148,6 +148,8 @@ def test_two_processes_draw_the_same_objectives(tiny_bert, english_corpus, tmp_p
     for row in trained:
         first, second = row["process_rollouts"]
         assert len(first) == 10 and first == second
+    # The linear schedule is the one of a single process: 2 warmup steps (6% of 20), then down to 0.
+    assert rows[1]["learning_rate"] == pytest.approx(5e-5 * (20 - 10) / (20 - 2))
 
 
 # ----------------------------------------------------------------------------- bad input
