@@ -334,7 +334,7 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def meta_test(model, validation, eval_collators, args, step, accelerator, pad):
     """Validation loss per objective, averaged over batches and processes (Algorithm 1, lines 9-10)."""
     model.eval()
