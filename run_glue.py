@@ -30,7 +30,6 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
-    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -183,7 +182,7 @@ def main(argv=None):
 
     # ---- Model and tokenizer -----------------------------------------------------------------
     num_labels = 1 if is_regression else len(label_list)
-    config = AutoConfig.from_pretrained(
+    config = ft.load_config(
         args.config_name or args.model_name_or_path,
         trust_remote_code=args.trust_remote_code,
         **({"num_labels": num_labels, "finetuning_task": args.task_name} if do_train else {}),

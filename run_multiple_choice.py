@@ -28,7 +28,6 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
-    AutoConfig,
     AutoModelForMultipleChoice,
     AutoTokenizer,
     DataCollatorForMultipleChoice,
@@ -119,7 +118,7 @@ def main(argv=None):
         logger.info(f"--hparams paper for {data_format}: {applied} (explicit flags kept: {args.user_set_flags})")
 
     # ---- Model and tokenizer --------------------------------------------------------------------------
-    config = AutoConfig.from_pretrained(args.config_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    config = ft.load_config(args.config_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(
         args.tokenizer_name or args.model_name_or_path,
         use_fast=not args.use_slow_tokenizer,

@@ -28,7 +28,6 @@ from seqeval.metrics import accuracy_score, classification_report, f1_score, pre
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
-    AutoConfig,
     AutoModelForTokenClassification,
     AutoTokenizer,
     DataCollatorForTokenClassification,
@@ -146,7 +145,7 @@ def main(argv=None):
     splits = {split: (sentences[: limits[split]], path) for split, (sentences, path) in splits.items()}
     do_train = "train" in splits
 
-    config = AutoConfig.from_pretrained(args.config_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    config = ft.load_config(args.config_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     if do_train:
         label_list = fd.ner_label_list(splits["train"][0])  # the label list comes from the training data
     else:
@@ -175,7 +174,7 @@ def main(argv=None):
 
     # ---- Model and tokenizer ---------------------------------------------------------------------------
     if do_train:
-        config = AutoConfig.from_pretrained(
+        config = ft.load_config(
             args.config_name or args.model_name_or_path,
             num_labels=len(label_list),
             id2label=dict(enumerate(label_list)),

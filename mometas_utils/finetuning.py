@@ -387,6 +387,23 @@ def configure_logging(accelerator, logger_: logging.Logger) -> None:
 # ---------------------------------------------------------------------------------------
 # Optimizer and schedule
 # ---------------------------------------------------------------------------------------
+def load_config(name_or_path: str, *, trust_remote_code: bool = False, **kwargs):
+    """``AutoConfig.from_pretrained`` that keeps MOMETAS folders usable with ``--trust_remote_code``.
+
+    A MOMETAS folder's remote ``MometasConfig`` subclasses ``BertConfig`` with ``model_type``
+    "bert". The task ``Auto*`` classes know only the built-in class, so for such a config the
+    plain built-in one is loaded instead; the encoder weights are the same either way.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    builtin = CONFIG_MAPPING[config.model_type] if config.model_type in CONFIG_MAPPING else None
+    if builtin is not None and type(config) is not builtin and isinstance(config, builtin):
+        config = builtin.from_pretrained(name_or_path, **kwargs)
+    return config
+
+
 def optimizer_grouped_parameters(model, weight_decay: float) -> list[dict]:
     """Two AdamW groups: weight decay on weights, none on biases and LayerNorm weights."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
