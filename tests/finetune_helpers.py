@@ -82,8 +82,8 @@ def make_tiny_bert(folder: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> str:
-    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+def tiny_ft_model(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_ft_model"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,8 +167,11 @@ def write_anli_jsonl(path: Path, n: int) -> Path:
 def script_env() -> dict:
     env = dict(os.environ)
     env.update(
+        # 2 threads at most (shared 2-core machines); passive waiting so that a busy machine does
+        # not turn OpenMP's spinning threads into a 5x slowdown.
         OMP_NUM_THREADS="2",
         MKL_NUM_THREADS="2",
+        OMP_WAIT_POLICY="PASSIVE",
         TOKENIZERS_PARALLELISM="false",
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
