@@ -77,14 +77,20 @@ def test_wnut17_end_to_end(tmp_path):
     train, dev = require_data("wnut17/train.conll", "wnut17/dev.conll")
     proc = run_script(
         "run_ner.py", "--model_name_or_path", minilm_path(), "--train_file", train, "--validation_file", dev,
-        "--max_eval_samples", "250", "--hparams", "paper", "--max_length", "48",
-        "--per_device_eval_batch_size", "125", "--output_dir", tmp_path / "out",
+        "--max_eval_samples", "250", "--max_length", "64",
+        "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "125",
+        # WNUT's entities are rare: the MiniLM predicts only O for the first ~150 updates, whatever
+        # the rate, and a linear decay over a 250-update run gets it no further (F1 0). A constant
+        # rate after warmup finds entities in these 250 updates (F1 0.37 measured; --hparams paper
+        # needs 625 updates, twice the CPU time, for 0.42).
+        "--learning_rate", "5e-5", "--warmup_ratio", "0.1", "--lr_scheduler_type", "constant_with_warmup",
+        "--num_train_epochs", "2", "--output_dir", tmp_path / "out",
     )  # fmt: skip
     assert_ok(proc)
     results = read_results(tmp_path / "out")
     accuracy, f1 = majority_baseline(dev, 250)
     assert f1 == 0.0
-    assert results["eval_f1"] >= 0.15, results
+    assert results["eval_f1"] >= 0.2, results
     assert results["eval_accuracy"] > accuracy, (results, accuracy)
 
 
