@@ -430,6 +430,26 @@ def _column_names(dataset) -> list[str]:
     return names
 
 
+def _map_once(dataset, function, cache_key: tuple, *, columns, features, batch_size, num_proc, desc):
+    """Batched map: lazy on an ``IterableDataset``; cached under an explicit fingerprint otherwise.
+
+    The fingerprint is derived from the input's and ``cache_key`` (the step's settings), since
+    the mapped callables hold tokenizers and arrays that do not hash stably across processes.
+    """
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.map(function, batched=True, batch_size=batch_size, remove_columns=columns, features=features)
+    return dataset.map(
+        function,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc,
+        remove_columns=columns,
+        features=features,
+        new_fingerprint=Hasher.hash((dataset._fingerprint, _CACHE_VERSION, *cache_key)),
+        desc=desc,
+    )
+
+
 def tokenize_corpus(
     dataset,
     tokenizer,
@@ -458,21 +478,9 @@ def tokenize_corpus(
         )
     function = _Tokenize(tokenizer, text_column, with_entities)
     features = _out_features(with_entities)
-    if isinstance(dataset, datasets.IterableDataset):
-        return dataset.map(function, batched=True, batch_size=batch_size, remove_columns=columns, features=features)
-    fingerprint = Hasher.hash(
-        (dataset._fingerprint, "tokenize", _CACHE_VERSION, text_column, with_entities, _tokenizer_fingerprint(tokenizer))
-    )
-    return dataset.map(
-        function,
-        batched=True,
-        batch_size=batch_size,
-        num_proc=num_proc,
-        remove_columns=columns,
-        features=features,
-        new_fingerprint=fingerprint,
-        desc="Tokenizing",
-    )
+    cache_key = ("tokenize", text_column, with_entities, _tokenizer_fingerprint(tokenizer))
+    return _map_once(dataset, function, cache_key, columns=columns, features=features,
+                     batch_size=batch_size, num_proc=num_proc, desc="Tokenizing")
 
 
 # --------------------------------------------------------------------------- sequences
@@ -704,16 +712,6 @@ def line_by_line(dataset, tokenizer, max_seq_length: int, *, num_proc: int | Non
     has_ent = ENTITY_IDS in columns
     function = _LineByLine(max_seq_length - 2, cls, sep, has_ent)
     features = _out_features(has_ent)
-    if isinstance(dataset, datasets.IterableDataset):
-        return dataset.map(function, batched=True, batch_size=batch_size, remove_columns=columns, features=features)
-    fingerprint = Hasher.hash((dataset._fingerprint, "line_by_line", _CACHE_VERSION, max_seq_length, cls, sep))
-    return dataset.map(
-        function,
-        batched=True,
-        batch_size=batch_size,
-        num_proc=num_proc,
-        remove_columns=columns,
-        features=features,
-        new_fingerprint=fingerprint,
-        desc=f"Building line-by-line sequences of at most {max_seq_length}",
-    )
+    return _map_once(dataset, function, ("line_by_line", max_seq_length, cls, sep), columns=columns,
+                     features=features, batch_size=batch_size, num_proc=num_proc,
+                     desc=f"Building line-by-line sequences of at most {max_seq_length}")
