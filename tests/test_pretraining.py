@@ -20,6 +20,9 @@ SCRIPT = ROOT / "run_mometas_pretraining.py"
 SECRET = "hf_TESTSECRETtokenABCDEFGHIJKLMNOP"
 FAST = ["--max_seq_length", "64", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
         "--meta_eval_batches", "1", "--entity_tagger", "spacy"]
+# Every option of the robust reward that is not already on by default, so that exact resume and the
+# two-process run are tested with all of them.
+REWARD_OPTIONS = ["--min_probability", "0.02", "--reward_objectives", "mlm,cse,atd,dtd"]
 
 
 def script_env(**extra):
@@ -52,8 +55,8 @@ def read_rows(folder):
 
 
 def run_args(tiny_bert, corpus, out, steps=30):
-    return ["--model_name_or_path", tiny_bert, "--train_file", corpus, *FAST, "--max_train_steps", steps,
-            "--meta_length", 10, "--checkpointing_steps", 10, "--output_dir", out]
+    return ["--model_name_or_path", tiny_bert, "--train_file", corpus, *FAST, *REWARD_OPTIONS,
+            "--max_train_steps", steps, "--meta_length", 10, "--checkpointing_steps", 10, "--output_dir", out]
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +85,15 @@ def test_end_to_end_writes_model_history_plots_card_and_checkpoints(full_run):
     for row in rows[1:]:
         assert sum(row["counts"].values()) == 10 == len(row["rollout"])
         assert set(row["val_loss"]) == {"mlm", "cse", "atd", "dtd", "emlm"}
+        assert set(row["reward_terms"]) == {"mlm", "cse", "atd", "dtd"}  # --reward_objectives
+        assert row["reward"] == pytest.approx(sum(row["reward_terms"].values()))
         assert abs(sum(row["probabilities"].values()) - 1) < 1e-9
+        assert min(row["probabilities"].values()) >= 0.02 - 1e-12  # --min_probability
     assert sum(rows[-1]["tokens_seen"].values()) > sum(rows[1]["tokens_seen"].values()) > 0
     card = (out / "README.md").read_text()
     assert "mometas" in card.lower() and "emlm" in card and "trust_remote_code" in card
     assert "average" in result.stdout.lower(), "the learned distribution is printed at the end"
+    assert "smallest probability" in result.stdout and "reward floor clipped" in result.stdout
 
 
 def test_no_secret_anywhere(full_run):
@@ -137,8 +144,8 @@ def test_two_processes_draw_the_same_objectives(tiny_bert, english_corpus, tmp_p
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *FAST, "--max_train_steps", 20,
-            "--meta_length", 10, "--output_dir", out]
+    args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *FAST, *REWARD_OPTIONS,
+            "--max_train_steps", 20, "--meta_length", 10, "--output_dir", out]
     result = run_script(args, launcher=launcher, env=script_env(ACCELERATE_USE_CPU="true"))
     assert result.returncode == 0, result.stderr[-4000:]
     rows = read_rows(out)

@@ -226,6 +226,20 @@ def test_summarize_distribution_lists_average_and_final():
     assert "No sampling probabilities" in summarize_distribution([{"step": 0}])
 
 
+def test_sampler_health_counts_starved_updates_and_floor_clips():
+    rows = [
+        {"step": 0, "probabilities": {"a": 0.5, "b": 0.5}, "reward": None},
+        {"step": 10, "probabilities": {"a": 0.995, "b": 0.005}, "reward": -3.0, "reward_floored": 2},
+        {"step": 20, "probabilities": {"a": 0.9, "b": 0.1}, "reward": 0.2, "reward_floored": 0},
+        {"step": 30, "probabilities": {"a": 0.996, "b": 0.004}, "reward": 0.1},
+    ]
+    health = reporting.sampler_health(rows)
+    assert (health["smallest_probability"], health["smallest_objective"], health["smallest_step"]) == (0.004, "b", 30)
+    assert (health["updates"], health["updates_below_0.01"], health["floored_updates"]) == (3, 2, 1)
+    text = summarize_distribution(rows)
+    assert "smallest probability 0.004 (b at step 30)" in text and "2 of 3 updates" in text and "clipped 1" in text
+
+
 # ---------------------------------------------------------------- plots
 
 

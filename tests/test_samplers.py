@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mometas_utils.errors import MometasInputError
+from mometas_utils.rewards import PAPER_REWARD, compute_reward
 from mometas_utils.samplers import (
     SAMPLERS,
     FixedSampler,
@@ -15,10 +16,11 @@ from mometas_utils.samplers import (
     MometasSampler,
     UniformSampler,
     build_sampler,
-    compute_reward,
 )
 
 OBJ = ["mlm", "sbo", "atd", "emlm"]
+# The paper's literal Eqs. 2-4: no floor, no dead zone, no baseline, no normalisation.
+PAPER = dict(PAPER_REWARD)
 
 
 def sigmoid(x):
@@ -44,7 +46,7 @@ HAND_REWARD = {"relative": 0.35, "overall": 1.1, "hard": 1.0}
 @pytest.mark.parametrize("reward", ["relative", "overall", "hard"])
 def test_one_update_matches_closed_form(reward):
     beta, lam = 0.1, 3.0
-    s = MometasSampler(OBJ, meta_length=6, meta_step_size=beta, entropy_lambda=lam, reward=reward)
+    s = MometasSampler(OBJ, meta_length=6, meta_step_size=beta, entropy_lambda=lam, reward=reward, **PAPER)
     psi0 = torch.tensor([0.3, -0.2, 0.5, 0.0], dtype=torch.float64)
     s.logits = psi0.clone()
     assert s.update(BASELINES)["reward"] is None  # first meta-test only stores b_i
@@ -77,7 +79,7 @@ def test_compute_reward_matches_hand_values():
 
 
 def test_probability_moves_toward_objective_whose_loss_dropped():
-    s = MometasSampler(["a", "b", "c"], meta_length=10, meta_step_size=0.1, entropy_lambda=3.0)
+    s = MometasSampler(["a", "b", "c"], meta_length=10, meta_step_size=0.1, entropy_lambda=3.0, **PAPER)
     s.update({"a": 3.0, "b": 3.0, "c": 3.0})
     s.rollout = [0] * 8 + [1, 2]  # tau dominated by a
     metrics = s.update({"a": 2.0, "b": 3.0, "c": 3.0})
@@ -89,7 +91,8 @@ def test_probability_moves_toward_objective_whose_loss_dropped():
 
 def _lowest_entropy_under_random_rewards(entropy_lambda):
     """Lowest H(p) over 300 meta-tests whose validation losses are random, so R(tau) is noise."""
-    s = MometasSampler(["a", "b", "c"], meta_length=20, meta_step_size=0.02, entropy_lambda=entropy_lambda, seed=1)
+    s = MometasSampler(["a", "b", "c"], meta_length=20, meta_step_size=0.02, entropy_lambda=entropy_lambda, seed=1,
+                       **PAPER)
     losses = torch.Generator().manual_seed(123)
     s.update({"a": 1.0, "b": 1.0, "c": 1.0})
     lowest = s.entropy()
@@ -163,13 +166,19 @@ def test_non_finite_validation_loss_skips_and_warns(bad):
     assert s.update({"a": 1.0, "b": 1.0})["reward"] == pytest.approx(1.0)
 
 
-def test_relative_reward_skips_a_zero_loss_it_could_not_divide_by():
+def test_relative_reward_divides_only_by_the_baselines():
+    # A current loss a_i <= 0 is an ordinary value: (2-0)/2 + (2-1)/2 = 1.5.
     s = MometasSampler(["a", "b"], meta_length=2)
     s.update({"a": 2.0, "b": 2.0})
     s.rollout = [0, 1]
-    with pytest.warns(RuntimeWarning, match="positive"):
-        assert s.update({"a": 0.0, "b": 1.0})["reward"] is None
-    assert s.baselines.tolist() == [2.0, 2.0]
+    assert s.update({"a": 0.0, "b": 1.0})["reward"] == pytest.approx(1.5)
+    assert s.baselines.tolist() == [0.0, 1.0]
+    # Next time b_a = 0 cannot be divided by: that term is 0, the rest still counts.
+    s.rollout = [0, 1]
+    with pytest.warns(RuntimeWarning, match="positive previous loss"):
+        metrics = s.update({"a": 0.5, "b": 0.5})
+    assert metrics["reward"] == pytest.approx(0.5) and metrics["updated"] is True
+    assert metrics["reward_terms"] == {"a": 0.0, "b": 0.5}
     # The overall reward does not divide, so a zero loss is an ordinary baseline.
     t = MometasSampler(["a", "b"], meta_length=2, reward="overall")
     t.update({"a": 2.0, "b": 2.0})
@@ -256,9 +265,9 @@ def test_state_round_trips_exactly(name):
 
 def test_load_state_rejects_other_sampler_or_objectives():
     state = MometasSampler(OBJ, meta_length=8).state_dict()
-    with pytest.raises(MometasInputError, match="--sampler"):
+    with pytest.raises(MometasInputError, match="sampler"):
         UniformSampler(OBJ).load_state_dict(state)
-    with pytest.raises(MometasInputError, match="--objectives"):
+    with pytest.raises(MometasInputError, match="objectives"):
         MometasSampler(OBJ[:3], meta_length=8).load_state_dict(state)
 
 
@@ -354,27 +363,36 @@ def test_fixed_sampler_replays_a_learned_distribution():
 # ---------------------------------------------------------------------- bad input
 
 BAD_ARGUMENTS = [
-    ("--meta_length", lambda: MometasSampler(OBJ, meta_length=3)),
-    ("--meta_length", lambda: GradientSampler(OBJ, meta_length=3)),
-    ("--meta_length", lambda: LossSampler(OBJ, meta_length=3)),
-    ("--meta_length", lambda: UniformSampler(OBJ, meta_length=0)),
-    ("--entropy_lambda", lambda: MometasSampler(OBJ, entropy_lambda=-0.1)),
-    ("--meta_step_size", lambda: MometasSampler(OBJ, meta_step_size=0.0)),
-    ("--meta_step_size", lambda: MometasSampler(OBJ, meta_step_size=-1.0)),
-    ("--reward", lambda: MometasSampler(OBJ, reward="absolute")),
-    ("--reward", lambda: UniformSampler(OBJ, reward="absolute")),
-    ("--objectives", lambda: MometasSampler([])),
-    ("--objectives", lambda: UniformSampler(["mlm", "sbo", "mlm"])),
-    ("--seed", lambda: UniformSampler(OBJ, seed="0")),
-    ("--sampler", lambda: build_sampler("random", OBJ)),
-    ("--sampler_weights", lambda: build_sampler("mometas", OBJ, weights=[1, 1, 1, 1])),
-    ("--sampler_weights", lambda: FixedSampler(OBJ)),
-    ("--sampler_weights", lambda: FixedSampler(OBJ, weights=[1, -1, 1, 1])),
-    ("--sampler_weights", lambda: FixedSampler(OBJ, weights=[0, 0, 0, 0])),
-    ("--sampler_weights", lambda: FixedSampler(OBJ, weights=[1, 1, 1])),
-    ("--sampler_weights", lambda: FixedSampler(OBJ, weights={"mlm": 1, "sbo": 1, "atd": 1})),
-    ("--sampler_weights", lambda: FixedSampler(OBJ, weights={**dict.fromkeys(OBJ, 1), "nsp": 1})),
-    ("--sampler_weights", lambda: FixedSampler(OBJ, weights=[1, math.nan, 1, 1])),
+    ("meta_length", lambda: MometasSampler(OBJ, meta_length=3)),
+    ("meta_length", lambda: GradientSampler(OBJ, meta_length=3)),
+    ("meta_length", lambda: LossSampler(OBJ, meta_length=3)),
+    ("meta_length", lambda: UniformSampler(OBJ, meta_length=0)),
+    ("entropy_lambda", lambda: MometasSampler(OBJ, entropy_lambda=-0.1)),
+    ("meta_step_size", lambda: MometasSampler(OBJ, meta_step_size=0.0)),
+    ("meta_step_size", lambda: MometasSampler(OBJ, meta_step_size=-1.0)),
+    ("reward", lambda: MometasSampler(OBJ, reward="absolute")),
+    ("reward", lambda: UniformSampler(OBJ, reward="absolute")),
+    ("objectives", lambda: MometasSampler([])),
+    ("objectives", lambda: UniformSampler(["mlm", "sbo", "mlm"])),
+    ("seed", lambda: UniformSampler(OBJ, seed="0")),
+    ("sampler", lambda: build_sampler("random", OBJ)),
+    ("weights", lambda: build_sampler("mometas", OBJ, weights=[1, 1, 1, 1])),
+    ("weights", lambda: FixedSampler(OBJ)),
+    ("weights", lambda: FixedSampler(OBJ, weights=[1, -1, 1, 1])),
+    ("weights", lambda: FixedSampler(OBJ, weights=[0, 0, 0, 0])),
+    ("weights", lambda: FixedSampler(OBJ, weights=[1, 1, 1])),
+    ("weights", lambda: FixedSampler(OBJ, weights={"mlm": 1, "sbo": 1, "atd": 1})),
+    ("weights", lambda: FixedSampler(OBJ, weights={**dict.fromkeys(OBJ, 1), "nsp": 1})),
+    ("weights", lambda: FixedSampler(OBJ, weights=[1, math.nan, 1, 1])),
+    ("reward_floor", lambda: MometasSampler(OBJ, reward_floor=0.5)),
+    ("reward_floor", lambda: UniformSampler(OBJ, reward_floor=math.nan)),
+    ("reward_dead_zone", lambda: MometasSampler(OBJ, reward_dead_zone=-1e-3)),
+    ("reward_objectives", lambda: MometasSampler(OBJ, reward_objectives="mlm,nsp")),
+    ("reward_objectives", lambda: MometasSampler(OBJ, reward_objectives=",")),
+    ("reward_baseline", lambda: MometasSampler(OBJ, reward_baseline="mean")),
+    ("reward_baseline_decay", lambda: MometasSampler(OBJ, reward_baseline_decay=1.0)),
+    ("min_probability", lambda: MometasSampler(OBJ, min_probability=0.25)),
+    ("min_probability", lambda: MometasSampler(OBJ, min_probability=-0.01)),
 ]
 
 
@@ -420,6 +438,11 @@ def test_build_sampler_drops_options_the_sampler_does_not_use():
 def test_defaults_follow_the_paper():
     s = build_sampler("mometas", OBJ)
     assert (s.meta_length, s.meta_step_size, s.entropy_lambda, s.reward_kind) == (100, 0.1, 3.0, "relative")
+    # The reward guards are on by default; PAPER_REWARD switches every one of them off.
+    assert (s.reward_floor, s.reward_dead_zone, s.reward_objectives) == (-1.0, 1e-3, OBJ)
+    p = build_sampler("mometas", OBJ, **PAPER)
+    assert (p.reward_floor, p.reward_dead_zone, p.min_probability) == (None, 0.0, 0.0)
+    assert (p.advantage.baseline, p.advantage.normalize) == ("none", False)
     assert s.requires_meta_test and not s.requires_grad_norm
     assert s.probabilities == {o: 0.25 for o in OBJ}  # psi = 0: uniform start
     assert sorted(SAMPLERS) == ["fixed", "gradient", "loss", "mometas", "uniform"]

@@ -1,0 +1,105 @@
+"""Meta-test (Algorithm 1, lines 9-10) and the training signals the samplers observe.
+
+Every K steps (the meta length) the model is evaluated on every objective on held-out
+text; the validation losses a_i feed the reward of :mod:`mometas_utils.rewards`. Two
+sources of noise make a_i differ from b_i even for a model that did not change:
+
+* the validation batches. The paper redraws them at every meta-test ("we fetch the
+  validation samples from V through random sampling"); ``fixed=True`` draws them once and
+  measures b_i and a_i on the same text.
+* the corruption (masks, insertions, deletions) and CSE's dropout. Both are seeded the
+  same way at every meta-test, so a loss change reflects the model, not the noise.
+
+The script and the study code (``study/``) share these functions, so the study measures
+exactly what the training loop does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+
+def meta_test_batches(
+    validation: Sequence,
+    *,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    step: int,
+    process_index: int,
+    pad,
+    fixed: bool = False,
+) -> list[dict]:
+    """The padded validation batches of one meta-test, a function of (seed, step, process).
+
+    With ``fixed`` the step is ignored: every meta-test sees the same batches. Processes
+    draw different batches, so with N processes a meta-test covers N times the text.
+    """
+    key = 0 if fixed else step
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + key * 101 + process_index)
+    size = min(batch_size, len(validation))
+    batches = []
+    for _ in range(num_batches):
+        indices = torch.randperm(len(validation), generator=generator)[:size].tolist()
+        batches.append(pad([validation[i] for i in indices]))
+    return batches
+
+
+def corruption_seed(seed: int, index: int) -> int:
+    """The seed every meta-test gives the collator of the ``index``-th objective."""
+    return seed + 7919 * (1 + index)
+
+
+@torch.inference_mode()
+def meta_test(model, batches: Sequence[dict], collators: Mapping, *, seed: int, device, reduce=None) -> dict[str, float]:
+    """Validation loss a_i of every objective: the mean over ``batches``, then over processes.
+
+    ``collators`` maps objective name to its (evaluation) collator, ``reduce`` averages a
+    scalar tensor over processes (``lambda t: accelerator.reduce(t, "mean")``; None for
+    one process). The model is put back in training mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    losses = {}
+    for index, (name, collator) in enumerate(collators.items()):
+        collator.generator.manual_seed(corruption_seed(seed, index))
+        total = torch.zeros((), device=device)
+        for padded in batches:
+            batch = {k: v.to(device, non_blocking=True) for k, v in collator(padded).items()}
+            total += model(objective=name, **batch).loss.float()
+        mean = total / len(batches)
+        losses[name] = (reduce(mean) if reduce is not None else mean).item()
+    model.train(was_training)
+    return losses
+
+
+def encoder_grad_norm(model, loss_scale: float = 1.0) -> float:
+    """L2 norm of the shared encoder's gradients: the gradient-based sampler's signal (Section 4.3).
+
+    Under fp16 the gradients still carry the loss scale when this runs (Accelerate unscales
+    them only inside ``clip_grad_norm_``), so pass ``loss_scale`` (``accelerator.scaler.get_scale()``)
+    and the norm is that of the true gradients. Without it every norm is ~65536 times too
+    large, the sigmoid of Gb saturates and every objective gets the same weight.
+    """
+    encoder = model.bert if hasattr(model, "bert") else model
+    norms = [p.grad.detach().float().norm() for p in encoder.parameters() if p.grad is not None]
+    if not norms:
+        return 0.0
+    return torch.linalg.vector_norm(torch.stack(norms)).item() / loss_scale
+
+
+def unscaled_encoder_grad_norm(accelerator, model) -> float:
+    """:func:`encoder_grad_norm` of a prepared model, divided by the fp16 loss scale when there is one.
+
+    Call it after the backward passes and before ``accelerator.clip_grad_norm_`` (which
+    unscales the gradients in place; unscaling twice is an error in PyTorch). Under DDP the
+    gradients are already averaged, so every process gets the same norm.
+    """
+    scaler = getattr(accelerator, "scaler", None)
+    scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+    return encoder_grad_norm(accelerator.unwrap_model(model), scale)
+
+
+__all__ = ["corruption_seed", "encoder_grad_norm", "meta_test", "meta_test_batches", "unscaled_encoder_grad_norm"]
