@@ -37,6 +37,7 @@ from transformers import AutoConfig, AutoTokenizer, SchedulerType, get_scheduler
 
 from mometas_utils.card import build_model_card, is_hub_id, save_model_card
 from mometas_utils.checkpoints import (
+    checkpoint_step,
     complete_checkpoints,
     config_differences,
     latest_checkpoint,
@@ -544,11 +545,16 @@ def write_history_row(accelerator, history, tracker, sampler, *, step, update, v
 
 
 class NonFiniteError(RuntimeError):
-    """Training produced NaN or infinity: the run stops without saving a model."""
+    """Training produced NaN or infinity at ``step``: the run stops without saving a model."""
+
+    def __init__(self, message, step):
+        super().__init__(message)
+        self.step = step
 
 
 def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
     """True when this step must be skipped; raises NonFiniteError once --skip_nonfinite_steps is spent."""
+    grad_norm = None if grad_norm is None else float(grad_norm)
     # Under fp16 an infinite gradient is the loss scaler's business: it skips the step and lowers the scale.
     bad = f"loss {loss}" if not math.isfinite(loss) else (
         f"gradient norm {grad_norm}" if grad_norm is not None and not fp16 and not math.isfinite(grad_norm) else None)
@@ -559,19 +565,44 @@ def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
         logger.warning(f"step {step} (objective {objective}): {bad}; skipped ({tracker.skipped_steps} of "
                        f"--skip_nonfinite_steps {args.skip_nonfinite_steps})")
         return True
-    raise NonFiniteError(f"step {step} (objective {objective}): {bad}")
+    raise NonFiniteError(f"step {step} (objective {objective}): {bad}", step)
 
 
 def check_finite_weights(accelerator, model, step, objective):
     """Non-finite weights stop the run before they reach a checkpoint or the output (a collective)."""
     bad = sum(int(not torch.isfinite(p).all()) for p in model.parameters())
     if accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum").item():
-        raise NonFiniteError(f"step {step} (objective {objective}): the weights hold NaN or infinity")
+        raise NonFiniteError(f"step {step} (objective {objective}): the weights hold NaN or infinity", step)
 
 
 def checkpoint_marker(args, num_processes, epoch, batches_in_epoch):
     return {"epoch": epoch, "batches_in_epoch": batches_in_epoch, "objectives": args.objective_list,
             "sampler": args.sampler, "settings": run_settings(args, num_processes)}
+
+
+def log_step(progress, accelerator, args, sampler, step, objective, loss, lr_scheduler):
+    progress.update(1)
+    if step % args.logging_steps:
+        return
+    probs = " ".join(f"{n}={p:.2f}" for n, p in sampler.probabilities.items())
+    progress.set_postfix_str(f"{objective} loss={loss:.3f} | {probs}")
+    if args.with_tracking:
+        accelerator.log({f"train/loss_{objective}": loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
+
+
+def save_run_checkpoint(accelerator, model, tracker, args, step, objective, position, resumed_step):
+    """A checkpoint of finite weights (a collective); a resumed run's first one retires what it replaced."""
+    check_finite_weights(accelerator, model, step, objective)
+    tracker.sync_tokens(accelerator)
+    epoch, batches_in_epoch = position
+    path = save_checkpoint(accelerator, args.output_dir, step,
+                           checkpoint_marker(args, accelerator.num_processes, epoch, batches_in_epoch))
+    if accelerator.is_main_process:
+        if resumed_step is not None:
+            drop_superseded(args.output_dir)
+            remove_checkpoints_after(args.output_dir, resumed_step, keep=path)
+        rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
+    return path
 
 
 def export_model(accelerator, model, tokenizer, args):
@@ -621,7 +652,7 @@ def train(args, hub_token=None):
         # One objective per step leaves the other heads without gradients.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO, force=True)
     # Accelerate logs every file of every checkpoint at INFO; keep the console for the run itself.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     logger.info(accelerator.state, main_process_only=False)
@@ -740,71 +771,54 @@ def train(args, hub_token=None):
         f"{args.max_train_steps} steps of {args.per_device_train_batch_size}x{accelerator.num_processes}"
         f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens *****"
     )
-    progress = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
-    stream = batches()
-    epoch, batches_in_epoch = start_epoch, skip_batches
-    model.train()
-    while completed_steps < args.max_train_steps:
-        # Meta-train (Algorithm 1, lines 4-8): one objective for the whole step, the same on every process.
-        objective = sampler.sample()
-        step_loss, tokens = torch.zeros((), device=accelerator.device), 0
-        for _ in range(args.gradient_accumulation_steps):
-            epoch, batches_in_epoch, padded = next(stream)
-            batch = collators[objective](padded)
-            tokens += int(batch["attention_mask"].sum())
-            with accelerator.accumulate(model):
-                loss = model(objective=objective, **to_device(batch, accelerator.device)).loss
-                accelerator.backward(loss)
-            step_loss += loss.detach() / args.gradient_accumulation_steps
-        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
-        grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm else None
-        total_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) if args.max_grad_norm > 0 else None
-        completed_steps += 1
-        skip = nonfinite_step(args, tracker, completed_steps, objective, mean_loss,
-                              None if total_norm is None else float(total_norm), fp16)
-        if not skip:
-            optimizer.step()
-            sampler.observe(objective, mean_loss, grad_norm)
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        tracker.record(objective, None if skip else mean_loss, tokens)
-        progress.update(1)
-        if completed_steps % args.logging_steps == 0:
-            probs = " ".join(f"{n}={p:.2f}" for n, p in sampler.probabilities.items())
-            progress.set_postfix_str(f"{objective} loss={mean_loss:.3f} | {probs}")
-            if args.with_tracking:
-                accelerator.log({f"train/loss_{objective}": mean_loss, "train/lr": lr_scheduler.get_last_lr()[0]},
-                                step=completed_steps)
+    with tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process) as progress:
+        stream = batches()
+        epoch, batches_in_epoch = start_epoch, skip_batches
+        model.train()
+        while completed_steps < args.max_train_steps:
+            # Meta-train (Algorithm 1, lines 4-8): one objective for the whole step, the same on every process.
+            objective = sampler.sample()
+            step_loss, tokens = torch.zeros((), device=accelerator.device), 0
+            for _ in range(args.gradient_accumulation_steps):
+                epoch, batches_in_epoch, padded = next(stream)
+                batch = collators[objective](padded)
+                tokens += int(batch["attention_mask"].sum())
+                with accelerator.accumulate(model):
+                    loss = model(objective=objective, **to_device(batch, accelerator.device)).loss
+                    accelerator.backward(loss)
+                step_loss += loss.detach() / args.gradient_accumulation_steps
+            mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+            grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm else None
+            total_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) if args.max_grad_norm > 0 else None
+            completed_steps += 1
+            trained = not nonfinite_step(args, tracker, completed_steps, objective, mean_loss, total_norm, fp16)
+            if trained:
+                optimizer.step()
+                sampler.observe(objective, mean_loss, grad_norm)
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tracker.record(objective, mean_loss if trained else None, tokens)
+            log_step(progress, accelerator, args, sampler, completed_steps, objective, mean_loss, lr_scheduler)
 
-        if completed_steps % args.meta_length == 0:
-            # Meta-test (lines 9-12): validation losses, reward, sampler update.
-            val_losses, seconds = (meta_test_losses(model, splits["validation"], eval_collators, args, completed_steps,
-                                                    accelerator, pad) if run_meta_test else (None, None))
-            update = sampler.update(val_losses)
-            row(completed_steps, update, val_losses, seconds)
-        elif completed_steps == args.max_train_steps:
-            # The last steps fill no window: record them, without a sampler update.
-            row(completed_steps, None, None, None)
+            if completed_steps % args.meta_length == 0:
+                # Meta-test (lines 9-12): validation losses, reward, sampler update.
+                val_losses, seconds = (meta_test_losses(model, splits["validation"], eval_collators, args,
+                                                        completed_steps, accelerator, pad) if run_meta_test else (None, None))
+                update = sampler.update(val_losses)
+                row(completed_steps, update, val_losses, seconds)
+            elif completed_steps == args.max_train_steps:
+                row(completed_steps, None, None, None)  # the last steps fill no window: no sampler update
 
-        if checkpointing_steps and completed_steps % checkpointing_steps == 0:
-            check_finite_weights(accelerator, model, completed_steps, objective)
-            tracker.sync_tokens(accelerator)
-            last_checkpoint = save_checkpoint(accelerator, output_dir, completed_steps, checkpoint_marker(
-                args, accelerator.num_processes, epoch, batches_in_epoch))
-            if accelerator.is_main_process:
-                if resumed_step is not None:
-                    # This run now has a checkpoint of its own: what it replaced is gone for good.
-                    drop_superseded(output_dir)
-                    remove_checkpoints_after(output_dir, resumed_step, keep=last_checkpoint)
-                rotate_checkpoints(output_dir, args.checkpoints_total_limit)
-            resumed_step = None
-            if args.push_to_hub and args.hub_strategy == "every_save":
-                export_model(accelerator, model, tokenizer, args)
-                if accelerator.is_main_process:
-                    hub_uploads.append(push_folder(output_dir, args.hub_repo_id, token=hub_token, run_as_future=True,
-                                                   commit_message=f"step {completed_steps}"))
+            if checkpointing_steps and completed_steps % checkpointing_steps == 0:
+                last_checkpoint = save_run_checkpoint(accelerator, model, tracker, args, completed_steps, objective,
+                                                      (epoch, batches_in_epoch), resumed_step)
+                resumed_step = None
+                if args.push_to_hub and args.hub_strategy == "every_save":
+                    export_model(accelerator, model, tokenizer, args)
+                    if accelerator.is_main_process:
+                        hub_uploads.append(push_folder(output_dir, args.hub_repo_id, token=hub_token, run_as_future=True,
+                                                       commit_message=f"step {completed_steps}"))
 
-    progress.close()
     if args.with_tracking:
         accelerator.end_training()
     check_finite_weights(accelerator, model, completed_steps, objective)
@@ -850,7 +864,8 @@ def main(argv=None):
         print(f"error: {cli_message(error, args)}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteError as error:
-        last = complete_checkpoints(args.output_dir)
+        # Checkpoints after the failing step belong to a run this one replaced (it resumed before them).
+        last = [path for path in complete_checkpoints(args.output_dir) if checkpoint_step(path) < error.step]
         kept = f"the last good checkpoint is {last[-1]}" if last else "there is no checkpoint"
         print(f"error: {error}; no model was saved and {kept}; lower --learning_rate or pass "
               "--skip_nonfinite_steps N to skip such steps", file=sys.stderr)
