@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -37,8 +38,16 @@ def script_env(**extra):
 
 def run_script(args, launcher=(), env=None, timeout=600, script=SCRIPT, cwd=ROOT):
     command = [*launcher] if launcher else [sys.executable]
-    return subprocess.run([*command, str(script), *map(str, args)], cwd=cwd, env=env or script_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    # A session of its own: on a timeout (a hang) the launcher's worker processes are killed with it.
+    with subprocess.Popen([*command, str(script), *map(str, args)], cwd=cwd, env=env or script_env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def load_script():
