@@ -1,7 +1,6 @@
-"""run_mometas_pretraining.py end to end: outputs, exact resume, two processes, the output folder, non-finite, the Hub."""
+"""run_mometas_pretraining.py end to end: outputs, exact resume, two processes, the output folder, non-finite,
+the Hub, and the script copied alone."""
 
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -50,20 +49,17 @@ def run_script(args, launcher=(), env=None, timeout=600, script=SCRIPT, cwd=ROOT
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("run_mometas_pretraining", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def run_main(pretraining_script):
+    """``run_main(argv)``: the script's main() in this process; returns the exit code (0 when it returns)."""
+    def run(argv):
+        try:
+            pretraining_script().main([str(a) for a in argv])
+        except SystemExit as exit_:
+            return exit_.code
+        return 0
 
-
-def run_in_process(argv):
-    """main() in this process; returns the exit code (0 when it returns)."""
-    try:
-        load_script().main([str(a) for a in argv])
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
+    return run
 
 
 def comparable(rows):
@@ -73,14 +69,6 @@ def comparable(rows):
 
 def read_rows(folder):
     return [json.loads(line) for line in (Path(folder) / "sampler_history.jsonl").read_text().splitlines()]
-
-
-def tree_digest(folder):
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 def run_args(tiny_bert, corpus, out, steps=30):
@@ -227,11 +215,13 @@ def test_two_processes_draw_the_same_objectives_and_finish_off_the_meta_length(t
 # ----------------------------------------------------------------------------- an output folder belongs to one run
 
 
-def test_a_finished_run_without_checkpoints_is_not_overwritten(full_run, tiny_bert, english_corpus, tmp_path, capsys):
+def test_a_finished_run_without_checkpoints_is_not_overwritten(
+    full_run, tiny_bert, english_corpus, tmp_path, capsys, run_main, tree_digest
+):
     out, _ = full_run
     finished = copy_run(out, tmp_path / "finished", checkpoints=False)
     before = tree_digest(finished)
-    code = run_in_process(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
+    code = run_main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
                            "--max_train_steps", 2, "--output_dir", finished])
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and message.startswith(f"error: --output_dir {finished} holds the outputs of another run")
@@ -239,58 +229,60 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(full_run, tiny_be
     assert tree_digest(finished) == before
 
 
-def test_a_killed_resume_loses_no_history(full_run, tiny_bert, english_corpus, tmp_path):
+def test_a_killed_resume_loses_no_history(full_run, tiny_bert, english_corpus, tmp_path, run_main, pretraining_script):
     out, _ = full_run
     run = copy_run(out, tmp_path / "run")
     args = run_args(tiny_bert, english_corpus, run)
-    module = load_script()
+    module = pretraining_script()
     # Resume from step_10 while step_20 and step_30 exist, and get killed at the first checkpoint.
     with mock.patch.object(module, "save_checkpoint", side_effect=KeyboardInterrupt):
         with pytest.raises(KeyboardInterrupt):
             module.main([str(a) for a in [*args, "--resume_from_checkpoint", run / "step_10"]])
     # 'latest' is the old run's step_30: its history must be whole again.
-    assert run_in_process([*args, "--resume_from_checkpoint", "latest"]) == 0
+    assert run_main([*args, "--resume_from_checkpoint", "latest"]) == 0
     assert comparable(read_rows(run)) == comparable(read_rows(out))
     assert not (run / "sampler_history.superseded.json").exists()
 
 
 def test_overwrite_clears_the_old_run_checkpoints_included_but_only_once_inputs_are_valid(
-    full_run, tiny_bert, english_corpus, tmp_path, capsys
+    full_run, tiny_bert, english_corpus, tmp_path, capsys, run_main, tree_digest
 ):
     out, _ = full_run
     run = copy_run(out, tmp_path / "run")
     before = tree_digest(run)
     base = ["--model_name_or_path", tiny_bert, *QUICK, "--max_train_steps", 4, "--output_dir", run,
             "--overwrite_output_dir"]
-    assert run_in_process([*base, "--train_file", tmp_path / "missing.txt"]) == 2
+    assert run_main([*base, "--train_file", tmp_path / "missing.txt"]) == 2
     assert "missing.txt" in capsys.readouterr().err
     assert tree_digest(run) == before, "a run that fails its checks leaves the old run untouched"
 
-    assert run_in_process([*base, "--train_file", english_corpus]) == 0
+    assert run_main([*base, "--train_file", english_corpus]) == 0
     assert not list(run.glob("step_*")), "the old run's checkpoints are gone"
     assert [row["step"] for row in read_rows(run)] == [2, 4] and read_rows(run)[0]["sampler"] == "uniform"
     capsys.readouterr()
-    assert run_in_process([*base[:-1], "--train_file", english_corpus, "--resume_from_checkpoint", "latest"]) == 2
+    assert run_main([*base[:-1], "--train_file", english_corpus, "--resume_from_checkpoint", "latest"]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
 
 
-def test_resume_checks_the_settings_that_fix_the_data(full_run, tiny_bert, english_corpus, tmp_path, capsys):
+def test_resume_checks_the_settings_that_fix_the_data(
+    full_run, tiny_bert, english_corpus, tmp_path, capsys, run_main, tree_digest
+):
     out, _ = full_run
     run = copy_run(out, tmp_path / "run")
     before = tree_digest(run)
     args = [*run_args(tiny_bert, english_corpus, run), "--resume_from_checkpoint", "latest"]
     changed = [*args, "--seed", 43, "--max_seq_length", 32, "--per_device_train_batch_size", 2]
-    assert run_in_process(changed) == 2
+    assert run_main(changed) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith(f"error: --resume_from_checkpoint {run / 'step_30'} was saved with other settings")
     for difference in ("seed: 42 -> 43", "max_seq_length: 64 -> 32", "per_device_train_batch_size: 4 -> 2"):
         assert difference in message
     assert "--allow_config_change" in message and tree_digest(run) == before
     # Objectives and sampler cannot change at all; the schedule length may, without a word.
-    assert run_in_process([*args, "--objectives", "mlm,cse,atd,dtd"]) == 2
+    assert run_main([*args, "--objectives", "mlm,cse,atd,dtd"]) == 2
     assert "was trained with --objectives mlm,cse,atd,dtd,emlm" in capsys.readouterr().err
-    assert run_in_process([*args[:-2], "--resume_from_checkpoint", run / "step_20", "--max_train_steps", 20]) == 0
-    assert run_in_process([*changed[:-4], "--max_train_steps", 32, "--allow_config_change"]) == 0
+    assert run_main([*args[:-2], "--resume_from_checkpoint", run / "step_20", "--max_train_steps", 20]) == 0
+    assert run_main([*changed[:-4], "--max_train_steps", 32, "--allow_config_change"]) == 0
     assert read_rows(run)[-1]["step"] == 32
 
 
@@ -301,7 +293,8 @@ def test_a_nan_loss_stops_the_run_without_a_model_and_keeps_the_last_checkpoint(
     out = tmp_path / "nan"
     # lr 1e30 is finite, so it passes the checks; the first step at that rate blows the weights up.
     result = run_script(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
-                         "--max_train_steps", 8, "--checkpointing_steps", 2, "--learning_rate", 1e30, "--output_dir", out])
+                         "--max_train_steps", 8, "--checkpointing_steps", 2, "--learning_rate", 1e30,
+                         "--output_dir", out])
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("error: step 3 (objective ")
@@ -312,8 +305,10 @@ def test_a_nan_loss_stops_the_run_without_a_model_and_keeps_the_last_checkpoint(
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
-def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_corpus, tmp_path, capsys):
-    module = load_script()
+def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(
+    tiny_bert, english_corpus, tmp_path, capsys, pretraining_script
+):
+    module = pretraining_script()
     real_forward = module.MometasForPreTraining.forward
     calls = {"n": 0}
 
@@ -344,8 +339,9 @@ def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_
 # ----------------------------------------------------------------------------- the Hub
 
 
-def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(tiny_bert, english_corpus, tmp_path, capsys,
-                                                                            caplog):
+def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(
+    tiny_bert, english_corpus, tmp_path, capsys, caplog, run_main
+):
     from huggingface_hub import CommitInfo, RepoUrl
 
     out = tmp_path / "mometas-tiny"
@@ -366,7 +362,7 @@ def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(tiny
         api = api_class.return_value
         api.create_repo.return_value = RepoUrl("https://huggingface.co/alice/mometas-tiny")
         api.upload_folder.side_effect = upload_folder
-        assert run_in_process(argv) == 0
+        assert run_main(argv) == 0
     api_class.assert_called_with(token=SECRET)
     api.create_repo.assert_called_once_with("mometas-tiny", exist_ok=True, private=True)
     api.auth_check.assert_called_once_with("alice/mometas-tiny", write=True)
@@ -381,14 +377,14 @@ def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(tiny
     assert 'from_pretrained("alice/mometas-tiny")' in (out / "README.md").read_text()
 
 
-def test_a_push_that_fails_after_training_keeps_the_outputs(tiny_bert, english_corpus, tmp_path, capsys):
+def test_a_push_that_fails_after_training_keeps_the_outputs(tiny_bert, english_corpus, tmp_path, capsys, run_main):
     from huggingface_hub import RepoUrl
 
     out = tmp_path / "run"
     with mock.patch("huggingface_hub.HfApi") as api_class:
         api_class.return_value.create_repo.return_value = RepoUrl("https://huggingface.co/alice/run")
         api_class.return_value.upload_folder.side_effect = ConnectionError("connection reset")
-        code = run_in_process(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
+        code = run_main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
                                "--max_train_steps", 2, "--output_dir", out, "--push_to_hub"])
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and message.startswith(f"error: --push_to_hub: could not upload {out} to alice/run")
@@ -409,8 +405,8 @@ def test_lines_longer_than_max_length_are_packed_not_rejected(tiny_bert, tmp_pat
     assert (out / "model.safetensors").is_file()
 
 
-def test_demo_defaults_and_explicit_flags_win(tmp_path, minilm):
-    args = load_script().parse_args(["--demo", "--output_dir", str(tmp_path / "demo"), "--max_train_steps", "7"])
+def test_demo_defaults_and_explicit_flags_win(tmp_path, minilm, pretraining_script):
+    args = pretraining_script().parse_args(["--demo", "--output_dir", str(tmp_path / "demo"), "--max_train_steps", "7"])
     assert args.model_name_or_path == minilm
     assert args.objectives == "mlm,cse,atd,dtd,emlm" and args.sampler == "mometas"
     assert args.entity_tagger == "spacy" and args.max_train_steps == 7 and args.meta_length == 50
