@@ -87,6 +87,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     p.add_argument("--model_name_or_path", default=None, help="Override the preset's checkpoint.")
     p.add_argument("--dataset_name", default=None, help="A Hub corpus (gpu-base), instead of the Wikipedia sample.")
+    p.add_argument("--train_file", default=None, help="A local corpus (one document per line) instead of the sample.")
     p.add_argument("--dataset_config_name", default=None)
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--seeds", default=None, help="Comma-separated; default: the preset's.")
@@ -124,7 +125,8 @@ def corpus_flags(args, preset, cache: Path) -> list[str]:
         return flags + (["--dataset_config_name", args.dataset_config_name] if args.dataset_config_name else [])
     train, validation = cache / "corpus" / "train.txt", cache / "corpus" / "validation.txt"
     if not validation.is_file():
-        documents = [line for line in wiki_corpus().read_text(encoding="utf-8").splitlines() if line.strip()]
+        source = Path(args.train_file) if args.train_file else wiki_corpus()
+        documents = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
         # Every 50th document is held out; the split does not depend on any run's seed.
         held = documents[::50][: args.validation_documents]
         kept = [d for i, d in enumerate(documents) if i % 50][: args.train_documents]
