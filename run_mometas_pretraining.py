@@ -169,6 +169,9 @@ def build_parser(given=()):
     mo.add_argument("--baseline_meta_test", action="store_true",
                     help="Run meta-test every K steps for samplers that do not need it (uniform, fixed, gradient, "
                     "loss), to record their validation losses and reward curve for comparison with MOMETAS.")
+    mo.add_argument("--cse_gather", action="store_true",
+                    help="CSE takes its negatives from the sequences of every process (8 x 64 sequences give 511 "
+                    "negatives, not 63). Off: per-device negatives, as in the paper's code. Meta-test stays per-device.")
     mo.add_argument("--noise_probability", "--mlm_probability", dest="noise_probability", type=float, default=0.15,
                     help="Share of tokens masked (MLM), inserted (ATD) or deleted (DTD).")
     mo.add_argument("--entity_tagger", type=str, default="stanza", choices=list(ENTITY_TAGGERS),
@@ -196,6 +199,8 @@ def build_parser(given=()):
     tr.add_argument("--warmup_ratio", type=float, default=PRETRAINING_HPARAMS["warmup_ratio"],
                     help="Share of the steps spent warming up.")
     tr.add_argument("--seed", type=int, default=42, help="Seed of the data order, the sampler and the corruptions.")
+    tr.add_argument("--fused_adamw", action="store_true",
+                    help="torch.optim.AdamW(fused=True): one kernel for the whole update (see docs/gpu.md).")
     tr.add_argument("--skip_nonfinite_steps", type=int, default=0,
                     help="Skip up to N steps whose loss or gradient norm is NaN or infinite; one more stops the run.")
 
@@ -734,7 +739,7 @@ def train(args, hub_token=None):
         {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": args.weight_decay},
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, fused=args.fused_adamw or None)
 
     steps_per_epoch = None if args.streaming else math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
@@ -803,7 +808,7 @@ def train(args, hub_token=None):
                 batch = collators[objective](padded)
                 tokens += int(batch["attention_mask"].sum())
                 with accelerator.accumulate(model):
-                    loss = model(objective=objective, **to_device(batch, accelerator.device)).loss
+                    loss = model(objective=objective, cse_gather=args.cse_gather, **to_device(batch, accelerator.device)).loss
                     accelerator.backward(loss)
                 step_loss += loss.detach() / args.gradient_accumulation_steps
             mean_loss = accelerator.reduce(step_loss, reduction="mean").item()

@@ -24,6 +24,8 @@ from .scrub import json_safe
 
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_MARKER = "mometas_checkpoint.json"
+# The marker of checkpoints written before the tracker's state was part of them; they cannot be resumed.
+LEGACY_MARKER = "mometas_state.json"
 _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
@@ -46,6 +48,10 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path:
     """The newest complete checkpoint; an error naming ``resume_from_checkpoint`` when there is none."""
     found = complete_checkpoints(output_dir)
     if not found:
+        if any(Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*/{LEGACY_MARKER}")):
+            raise MometasInputError(
+                f"resume_from_checkpoint: the checkpoints in {output_dir} were written by an earlier version of the "
+                f"script ({LEGACY_MARKER}) and cannot be resumed; start afresh with overwrite_output_dir")
         raise MometasInputError(f"resume_from_checkpoint: 'latest' found no complete checkpoint in {output_dir}")
     return found[-1]
 

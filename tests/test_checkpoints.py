@@ -54,6 +54,10 @@ def test_save_is_complete_and_latest_is_the_highest_step(tmp_path, prepared):
 def test_latest_without_a_checkpoint_is_an_error(tmp_path):
     with pytest.raises(MometasInputError, match="resume_from_checkpoint: 'latest' found no complete checkpoint"):
         latest_checkpoint(tmp_path)
+    (tmp_path / "step_5").mkdir()
+    (tmp_path / "step_5" / "mometas_state.json").write_text("{}")  # an earlier version's checkpoint
+    with pytest.raises(MometasInputError, match="earlier version of the script"):
+        latest_checkpoint(tmp_path)
 
 
 def test_a_save_killed_half_way_leaves_earlier_checkpoints_whole(tmp_path, prepared):
