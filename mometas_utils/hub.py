@@ -70,7 +70,7 @@ def prepare_repo(repo_id: str, *, token: str | None = None, private: bool = Fals
                 "log in with `hf auth login`, pass a write token, or choose a repo you own") from None
         raise MometasInputError(
             f"hub_model_id: cannot reach the Hub to create or check {repo_id} ({_reason(exc, secrets)}); "
-            "check the connection (HF_HUB_OFFLINE must be unset) or run without --push_to_hub") from None
+            "check the connection (HF_HUB_OFFLINE must be unset) or do without the upload") from None
     logger.info("Hub repo %s is ready (private=%s)", full_id, private)
     return full_id
 
