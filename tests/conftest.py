@@ -1,7 +1,5 @@
 """Fixtures shared by the whole suite: the offline MiniLM tokenizer and a tiny random BERT."""
 
-import hashlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -97,29 +95,3 @@ def make_history():
     """``make_history(**options)``: a synthetic sampler history (see :func:`synthetic_history`)."""
     return synthetic_history
 
-
-def _tree_digest(folder) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
-@pytest.fixture(scope="session")
-def tree_digest():
-    """``tree_digest(folder)``: a hash of the path and bytes of every file below ``folder``."""
-    return _tree_digest
-
-
-def _load_pretraining_script():
-    spec = importlib.util.spec_from_file_location("run_mometas_pretraining", ROOT / "run_mometas_pretraining.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def pretraining_script():
-    """``pretraining_script()``: a fresh module object of run_mometas_pretraining.py (its main(), parser, ...)."""
-    return _load_pretraining_script

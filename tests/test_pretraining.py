@@ -1,6 +1,8 @@
 """run_mometas_pretraining.py end to end: outputs, exact resume, two processes, the output folder, non-finite,
 the Hub, and the script copied alone."""
 
+import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -49,17 +51,41 @@ def run_script(args, launcher=(), env=None, timeout=600, script=SCRIPT, cwd=ROOT
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-@pytest.fixture
-def run_main(pretraining_script):
-    """``run_main(argv)``: the script's main() in this process; returns the exit code (0 when it returns)."""
-    def run(argv):
-        try:
-            pretraining_script().main([str(a) for a in argv])
-        except SystemExit as exit_:
-            return exit_.code
-        return 0
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_mometas_pretraining", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    return run
+
+def run_main(argv):
+    """The script's main() in this process; returns the exit code (0 when it returns)."""
+    try:
+        load_script().main([str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def expect_error(capsys, argv, *fragments):
+    """main(argv) ends in exit code 2 and one line `error: ...` holding every fragment; returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2, err[-2000:]
+    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0] and "Traceback" not in err, err[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+def tree_digest(folder):
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def comparable(rows):
@@ -215,25 +241,22 @@ def test_two_processes_draw_the_same_objectives_and_finish_off_the_meta_length(t
 # ----------------------------------------------------------------------------- an output folder belongs to one run
 
 
-def test_a_finished_run_without_checkpoints_is_not_overwritten(
-    full_run, tiny_bert, english_corpus, tmp_path, capsys, run_main, tree_digest
-):
+def test_a_finished_run_without_checkpoints_is_not_overwritten(full_run, tiny_bert, english_corpus, tmp_path, capsys):
     out, _ = full_run
     finished = copy_run(out, tmp_path / "finished", checkpoints=False)
     before = tree_digest(finished)
-    code = run_main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
-                           "--max_train_steps", 2, "--output_dir", finished])
-    message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and message.startswith(f"error: --output_dir {finished} holds the outputs of another run")
-    assert "--resume_from_checkpoint" in message and "--overwrite_output_dir" in message
+    expect_error(capsys, ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
+                          "--max_train_steps", 2, "--output_dir", finished],
+                 f"error: --output_dir {finished} holds the outputs of another run", "--resume_from_checkpoint",
+                 "--overwrite_output_dir")
     assert tree_digest(finished) == before
 
 
-def test_a_killed_resume_loses_no_history(full_run, tiny_bert, english_corpus, tmp_path, run_main, pretraining_script):
+def test_a_killed_resume_loses_no_history(full_run, tiny_bert, english_corpus, tmp_path):
     out, _ = full_run
     run = copy_run(out, tmp_path / "run")
     args = run_args(tiny_bert, english_corpus, run)
-    module = pretraining_script()
+    module = load_script()
     # Resume from step_10 while step_20 and step_30 exist, and get killed at the first checkpoint.
     with mock.patch.object(module, "save_checkpoint", side_effect=KeyboardInterrupt):
         with pytest.raises(KeyboardInterrupt):
@@ -245,7 +268,7 @@ def test_a_killed_resume_loses_no_history(full_run, tiny_bert, english_corpus, t
 
 
 def test_overwrite_clears_the_old_run_checkpoints_included_but_only_once_inputs_are_valid(
-    full_run, tiny_bert, english_corpus, tmp_path, capsys, run_main, tree_digest
+    full_run, tiny_bert, english_corpus, tmp_path, capsys
 ):
     out, _ = full_run
     run = copy_run(out, tmp_path / "run")
@@ -264,9 +287,7 @@ def test_overwrite_clears_the_old_run_checkpoints_included_but_only_once_inputs_
     assert "no complete checkpoint" in capsys.readouterr().err
 
 
-def test_resume_checks_the_settings_that_fix_the_data(
-    full_run, tiny_bert, english_corpus, tmp_path, capsys, run_main, tree_digest
-):
+def test_resume_checks_the_settings_that_fix_the_data(full_run, tiny_bert, english_corpus, tmp_path, capsys):
     out, _ = full_run
     run = copy_run(out, tmp_path / "run")
     before = tree_digest(run)
@@ -305,10 +326,8 @@ def test_a_nan_loss_stops_the_run_without_a_model_and_keeps_the_last_checkpoint(
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
-def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(
-    tiny_bert, english_corpus, tmp_path, capsys, pretraining_script
-):
-    module = pretraining_script()
+def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_corpus, tmp_path, capsys):
+    module = load_script()
     real_forward = module.MometasForPreTraining.forward
     calls = {"n": 0}
 
@@ -339,9 +358,8 @@ def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(
 # ----------------------------------------------------------------------------- the Hub
 
 
-def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(
-    tiny_bert, english_corpus, tmp_path, capsys, caplog, run_main
-):
+def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(tiny_bert, english_corpus, tmp_path,
+                                                                            capsys, caplog):
     from huggingface_hub import CommitInfo, RepoUrl
 
     out = tmp_path / "mometas-tiny"
@@ -377,7 +395,7 @@ def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(
     assert 'from_pretrained("alice/mometas-tiny")' in (out / "README.md").read_text()
 
 
-def test_a_push_that_fails_after_training_keeps_the_outputs(tiny_bert, english_corpus, tmp_path, capsys, run_main):
+def test_a_push_that_fails_after_training_keeps_the_outputs(tiny_bert, english_corpus, tmp_path, capsys):
     from huggingface_hub import RepoUrl
 
     out = tmp_path / "run"
@@ -385,7 +403,7 @@ def test_a_push_that_fails_after_training_keeps_the_outputs(tiny_bert, english_c
         api_class.return_value.create_repo.return_value = RepoUrl("https://huggingface.co/alice/run")
         api_class.return_value.upload_folder.side_effect = ConnectionError("connection reset")
         code = run_main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
-                               "--max_train_steps", 2, "--output_dir", out, "--push_to_hub"])
+                         "--max_train_steps", 2, "--output_dir", out, "--push_to_hub"])
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and message.startswith(f"error: --push_to_hub: could not upload {out} to alice/run")
     assert f"hf upload alice/run {out} ." in message
@@ -405,8 +423,8 @@ def test_lines_longer_than_max_length_are_packed_not_rejected(tiny_bert, tmp_pat
     assert (out / "model.safetensors").is_file()
 
 
-def test_demo_defaults_and_explicit_flags_win(tmp_path, minilm, pretraining_script):
-    args = pretraining_script().parse_args(["--demo", "--output_dir", str(tmp_path / "demo"), "--max_train_steps", "7"])
+def test_demo_defaults_and_explicit_flags_win(tmp_path, minilm):
+    args = load_script().parse_args(["--demo", "--output_dir", str(tmp_path / "demo"), "--max_train_steps", "7"])
     assert args.model_name_or_path == minilm
     assert args.objectives == "mlm,cse,atd,dtd,emlm" and args.sampler == "mometas"
     assert args.entity_tagger == "spacy" and args.max_train_steps == 7 and args.meta_length == 50

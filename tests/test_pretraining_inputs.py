@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from mometas_utils.paper import PRETRAINING_HPARAMS
+from test_pretraining import load_script, tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_mometas_pretraining.py"
@@ -243,14 +244,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("name, argv, fragments", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line(name, argv, fragments, inputs, tmp_path, capsys, pretraining_script,
-                               tree_digest):
+def test_bad_input_is_one_line(name, argv, fragments, inputs, tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(a) for a in argv(inputs, out, tmp_path)]
     watched = [inputs.run] + ([tmp_path / "run"] if (tmp_path / "run").exists() else [])
     before = {p: tree_digest(p) for p in watched}
     with pytest.raises(SystemExit) as exit_:
-        pretraining_script().main(args)
+        load_script().main(args)
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert exit_.value.code == 2, err[-2000:]
@@ -265,8 +265,8 @@ def test_bad_input_is_one_line(name, argv, fragments, inputs, tmp_path, capsys, 
 
 
 @pytest.fixture(scope="module")
-def parser_actions(pretraining_script):
-    return [a for a in pretraining_script().build_parser()._actions if a.option_strings and a.dest != "help"]
+def parser_actions():
+    return [a for a in load_script().build_parser()._actions if a.option_strings and a.dest != "help"]
 
 
 def test_help_shows_defaults_required_flags_and_a_line_for_every_flag():
@@ -285,8 +285,8 @@ def test_every_flag_has_help(parser_actions):
     assert len(parser_actions) > 60
 
 
-def test_mlm_probability_is_noise_probability(pretraining_script):
-    args = pretraining_script().parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--mlm_probability", "0.3"])
+def test_mlm_probability_is_noise_probability():
+    args = load_script().parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--mlm_probability", "0.3"])
     assert args.noise_probability == 0.3
 
 
