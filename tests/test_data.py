@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from mometas_utils.data import (
-    assert_disjoint,
-    count_overlap,
-    line_by_line,
-    load_raw_corpus,
-    pack_sequences,
-    tokenize_corpus,
-)
+from mometas_utils.corpus import assert_disjoint, count_overlap, load_raw_corpus
+from mometas_utils.data import line_by_line, pack_sequences, tokenize_corpus
 from mometas_utils.entities import tag_entities
 from mometas_utils.errors import MometasInputError
 
