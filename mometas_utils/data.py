@@ -141,10 +141,23 @@ def _out_features(with_entities: bool) -> datasets.Features:
     return datasets.Features(feats)
 
 
+def iter_rows(dataset: datasets.IterableDataset, batch_size: int = 256):
+    """The rows of a stream, read in batches through ``IterableDataset.iter``.
+
+    Unlike ``iter(dataset)``, this does not split the stream over DataLoader workers itself
+    (which datasets does by file, leaving all but one worker idle on a one-file corpus), so a
+    caller that already holds its worker's share (preprocess.StreamingSequences) reads all of it.
+    """
+    for batch in dataset.iter(batch_size=batch_size):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            yield dict(zip(columns, values))
+
+
 def _column_names(dataset) -> list[str]:
     names = dataset.column_names
     if names is None:  # a stream without schema: look at one row
-        first = next(iter(dataset), None)
+        first = next(iter_rows(dataset, 1), None)
         names = list(first) if first is not None else []
     return names
 
@@ -316,7 +329,7 @@ def _pack_stream(source, content: int, cls: int, sep: int, has_ent: bool, min_la
     ids_buf: list[int] = []
     key_buf: list[int] = []
     emitted = False
-    for doc_index, ex in enumerate(source):
+    for doc_index, ex in enumerate(iter_rows(source)):
         ids = ex[INPUT_IDS]
         if not ids:
             continue
