@@ -654,7 +654,8 @@ def train(args):
     accelerator.print(
         f"***** MOMETAS pre-training: objectives {names}, sampler {args.sampler}, K={args.meta_length}, "
         f"{args.max_train_steps} steps of {args.per_device_train_batch_size}x{accelerator.num_processes}"
-        f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens *****"
+        f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens, "
+        f"mixed precision {accelerator.mixed_precision} *****"
     )
     progress = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
     checkpointing_steps = int(args.checkpointing_steps) if args.checkpointing_steps else None
