@@ -178,9 +178,10 @@ def rss(args):
         n_docs = write_corpus(corpus, args.max_docs, copies)
         for procs in map(int, args.procs.split(",")):
             r = run_one("streaming", args.tagging, procs, corpus, args.max_seq_length)
+            worker_rss = f"{r['max_child_rss_mib']:.0f}" if procs > 1 else "-"  # no DataLoader worker at 1
             print(f"| {copies}x ({n_docs} docs, {corpus.stat().st_size / 2**20:.0f} MiB) | {args.tagging} | "
                   f"{procs if procs > 1 else 0} | {r['tokens']:,} | {r['seconds']:.0f} | {r['max_rss_mib']:.0f} | "
-                  f"{r['max_child_rss_mib']:.0f} |", flush=True)
+                  f"{worker_rss} |", flush=True)
         corpus.unlink()
     shutil.rmtree(workdir, ignore_errors=True)
 

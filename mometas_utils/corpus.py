@@ -27,6 +27,7 @@ _BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 # Streaming corpora have no known length, so the validation slice is a fixed count.
 DEFAULT_STREAMING_VALIDATION_EXAMPLES = 1000
+STREAMING_TEXT_CHUNK_BYTES = 1 << 20
 
 def _builder_for(path: str, flag: str) -> str:
     if not os.path.exists(path):
@@ -54,9 +55,12 @@ def _first_line(e: BaseException) -> str:
 
 def _load_file(path: str, flag: str, streaming: bool, cache_dir):
     builder = _builder_for(path, flag)
+    # The text reader holds 10 MB of lines at a time by default, and its peak memory grows with
+    # the file up to about ten of them; 1 MB reads stream as fast with a flat peak.
+    kwargs = {"chunksize": STREAMING_TEXT_CHUNK_BYTES} if streaming and builder == "text" else {}
     try:
         return datasets.load_dataset(
-            builder, data_files={"train": path}, split="train", streaming=streaming, cache_dir=cache_dir
+            builder, data_files={"train": path}, split="train", streaming=streaming, cache_dir=cache_dir, **kwargs
         )
     except Exception as e:
         kind = {"text": "text", "json": "JSON lines", "csv": "CSV"}[builder]
