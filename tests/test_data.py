@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from mometas_utils.corpus import assert_disjoint, count_overlap, load_raw_corpus
+from mometas_utils.corpus import STREAMING_TEXT_CHUNK_BYTES, assert_disjoint, count_overlap, load_raw_corpus
 from mometas_utils.data import line_by_line, pack_sequences, tokenize_corpus
 from mometas_utils.entities import tag_entities
 from mometas_utils.errors import MometasInputError
@@ -168,6 +168,15 @@ def test_streaming_takes_first_documents_as_validation(tmp_path):
     assert val == docs[:3] and train == docs[3:]
     with pytest.raises(MometasInputError, match="too few documents"):
         load_raw_corpus(train_file=path, streaming=True, streaming_validation_examples=50)
+
+
+def test_streaming_reads_lines_across_read_chunks_whole(tmp_path):
+    # Lines of many lengths over 3 MB: several of the 1 MB reads end inside a line.
+    docs = [f"line {i} " + "word " * (i % 997) for i in range(1600)]
+    assert sum(map(len, docs)) > 3 * STREAMING_TEXT_CHUNK_BYTES
+    path = write_lines(tmp_path / "big.txt", docs)
+    dd = load_raw_corpus(train_file=path, streaming=True, streaming_validation_examples=2)
+    assert [ex["text"] for ex in dd["validation"]] + [ex["text"] for ex in dd["train"]] == docs
 
 
 def test_dataset_name_path_with_its_own_validation_split(tmp_path):
