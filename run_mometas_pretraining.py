@@ -145,6 +145,9 @@ def parse_args(argv=None):
     mo.add_argument("--baseline_meta_test", action="store_true",
                     help="Run meta-test every K steps for samplers that do not need it (uniform, fixed, gradient, "
                     "loss), to record their validation losses and reward curve for comparison with MOMETAS.")
+    mo.add_argument("--cse_gather", action="store_true",
+                    help="CSE takes its negatives from the sequences of every process (8 x 64 sequences give 511 "
+                    "negatives, not 63). Off: per-device negatives, as in the paper's code. Meta-test stays per-device.")
     mo.add_argument("--noise_probability", type=float, default=0.15,
                     help="Share of tokens masked (MLM), inserted (ATD) or deleted (DTD).")
     mo.add_argument("--entity_tagger", type=str, default="stanza", choices=list(ENTITY_TAGGERS),
@@ -166,6 +169,8 @@ def parse_args(argv=None):
     tr.add_argument("--num_warmup_steps", type=int, default=None, help="Overrides --warmup_ratio.")
     tr.add_argument("--warmup_ratio", type=float, default=0.06)
     tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--fused_adamw", action="store_true",
+                    help="torch.optim.AdamW(fused=True): one kernel for the whole update (see docs/gpu.md).")
 
     out = parser.add_argument_group("output, checkpoints, tracking, Hub")
     out.add_argument("--output_dir", type=str, default=None)
@@ -562,7 +567,7 @@ def train(args):
         {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": args.weight_decay},
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, fused=args.fused_adamw or None)
 
     steps_per_epoch = None if args.streaming else math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
@@ -684,7 +689,7 @@ def train(args):
             tokens_seen[names.index(objective)] += int(batch["attention_mask"].sum())
             last = micro == args.gradient_accumulation_steps - 1
             with accelerator.no_sync(model) if not last else contextlib.nullcontext():
-                loss = model(objective=objective, **to_device(batch, accelerator.device)).loss
+                loss = model(objective=objective, cse_gather=args.cse_gather, **to_device(batch, accelerator.device)).loss
                 accelerator.backward(loss / args.gradient_accumulation_steps)
             step_loss += loss.detach() / args.gradient_accumulation_steps
         grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm else None

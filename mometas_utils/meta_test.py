@@ -53,24 +53,28 @@ def corruption_seed(seed: int, index: int) -> int:
 
 
 @torch.inference_mode()
-def meta_test(model, batches: Sequence[dict], collators: Mapping, *, seed: int, device, reduce=None) -> dict[str, float]:
+def meta_test(model, batches: Sequence[dict], collators: Mapping, *, seed: int, device, reduce=None,
+              per_batch: bool = False) -> dict:
     """Validation loss a_i of every objective: the mean over ``batches``, then over processes.
 
     ``collators`` maps objective name to its (evaluation) collator, ``reduce`` averages a
-    scalar tensor over processes (``lambda t: accelerator.reduce(t, "mean")``; None for
-    one process). The model is put back in training mode afterwards.
+    tensor over processes (``lambda t: accelerator.reduce(t, "mean")``; None for one
+    process). ``per_batch=True`` returns each batch's loss instead of the mean (the
+    reward-noise study compares 1 and 4 batches from one pass). The model is put back in
+    training mode afterwards.
     """
     was_training = model.training
     model.eval()
     losses = {}
     for index, (name, collator) in enumerate(collators.items()):
         collator.generator.manual_seed(corruption_seed(seed, index))
-        total = torch.zeros((), device=device)
+        values = []
         for padded in batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in collator(padded).items()}
-            total += model(objective=name, **batch).loss.float()
-        mean = total / len(batches)
-        losses[name] = (reduce(mean) if reduce is not None else mean).item()
+            values.append(model(objective=name, **batch).loss.float())
+        stacked = torch.stack(values) if per_batch else torch.stack(values).mean()
+        stacked = reduce(stacked) if reduce is not None else stacked
+        losses[name] = stacked.tolist() if per_batch else stacked.item()
     model.train(was_training)
     return losses
 

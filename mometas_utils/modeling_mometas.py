@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
 from transformers import BertModel, BertPreTrainedModel
@@ -30,7 +31,8 @@ class MometasPreTrainingOutput(ModelOutput):
         logits: for ``mlm`` heads with labels, vocabulary logits of the masked positions
             only, shape ``(num_masked, vocab_size)``; for ``token_detection`` heads,
             ``(batch, seq_len, 2)``; for ``contrastive`` heads, the ``(batch, batch)``
-            similarity matrix divided by the temperature.
+            similarity matrix divided by the temperature (``(total, total)`` over the rows
+            of every process with ``cse_gather=True``).
     """
 
     loss: torch.Tensor | None = None
@@ -74,6 +76,53 @@ def _masked_cross_entropy(logits, labels):
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
 
 
+def _rows_of_all_processes(tensor):
+    """``tensor``'s rows from every process in rank order, and the number of processes.
+
+    ``all_gather`` carries no gradient, so this process's own slot is filled with the
+    original tensor: the backward pass reaches the embeddings this process computed and
+    only those. Processes may hold different numbers of rows (a short last batch), so
+    the row counts are exchanged first and the slots padded to the largest.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    count = torch.tensor([tensor.size(0)], device=tensor.device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    padded = F.pad(tensor.detach(), (0, 0, 0, max(counts) - tensor.size(0))).contiguous()
+    slots = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(slots, padded)
+    parts = [slot[:n] for slot, n in zip(slots, counts)]
+    parts[rank] = tensor
+    return torch.cat(parts), world
+
+
+def contrastive_loss(z1, z2, temperature, gather=False):
+    """SimCSE's InfoNCE: row i of ``z1`` must pick row i of ``z2`` among all rows of ``z2``.
+
+    With ``gather`` (and more than one process) the rows of every process are the
+    candidates: each process computes the same loss, the mean over all rows of all
+    processes. Its backward pass only reaches this process's rows, and DDP then averages
+    the gradients over processes, which would give 1/world of the gradient of that loss.
+    The gradient (not the value) is therefore multiplied by the number of processes, so
+    that after DDP's average every parameter gets exactly the gradient a single process
+    would compute on the concatenated batch.
+
+    Returns the loss and the similarity matrix divided by the temperature.
+    """
+    world = 1
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        z1, world = _rows_of_all_processes(z1)
+        z2, _ = _rows_of_all_processes(z2)
+    similarity = F.cosine_similarity(z1.unsqueeze(1), z2.unsqueeze(0), dim=-1) / temperature
+    targets = torch.arange(similarity.size(0), device=similarity.device)
+    loss = F.cross_entropy(similarity, targets)
+    if world > 1 and loss.requires_grad:
+        # loss - loss.detach() is exactly 0 in value and has loss's gradient.
+        loss = loss + (world - 1) * (loss - loss.detach())
+    return loss, similarity
+
+
 class MometasForPreTraining(BertPreTrainedModel):
     """A shared ``BertModel`` under a head per objective; ``forward(objective=...)`` gives its loss.
 
@@ -87,6 +136,8 @@ class MometasForPreTraining(BertPreTrainedModel):
       In ``eval()`` mode (meta-test) dropout is switched on under a fixed seed
       (``config.cse_eval_seed``) so that the views still differ, deterministically. With
       identical views the loss would only measure how spread out the embeddings are.
+      ``forward(..., cse_gather=True)`` takes the negatives from every process instead
+      (see :func:`contrastive_loss`).
     - ``token_detection``: a 2-way token classifier per objective (ATD, DTD).
     """
 
@@ -129,18 +180,27 @@ class MometasForPreTraining(BertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        cse_gather: bool = False,
         **kwargs,
     ) -> MometasPreTrainingOutput:
         """Loss of one objective on one batch made by that objective's collator.
 
         Extra batch keys the heads do not use (``entity_ids``, ``special_tokens_mask``)
         are accepted and ignored, so ``model(objective=name, **batch)`` always works.
+
+        ``cse_gather``: for ``contrastive`` heads under ``torch.distributed``, use the
+        sequences of every process as negatives (8 x 64 sequences give 511 instead of 63)
+        and return the loss over all of them. Every process must then run the same
+        objective at the same step. It is an argument of the call, not a config field,
+        because it is a property of a training run, not of the weights: a saved model
+        must not start talking to other processes in someone else's training loop.
+        Ignored by the other heads and with one process.
         """
         head_type = self.config.objectives.get(objective)
         if head_type is None:
             raise ValueError(f"objective {objective!r} is not one of this model's objectives {self.objectives}")
         if head_type == "contrastive":
-            return self._contrastive(objective, input_ids, attention_mask, token_type_ids)
+            return self._contrastive(objective, input_ids, attention_mask, token_type_ids, cse_gather)
 
         sequence_output = self.bert(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
@@ -158,7 +218,7 @@ class MometasForPreTraining(BertPreTrainedModel):
         loss = _masked_cross_entropy(logits, labels) if labels is not None else None
         return MometasPreTrainingOutput(loss=loss, logits=logits)
 
-    def _contrastive(self, objective, input_ids, attention_mask, token_type_ids):
+    def _contrastive(self, objective, input_ids, attention_mask, token_type_ids, gather):
         doubled = {
             "input_ids": input_ids.repeat(2, 1),
             "attention_mask": None if attention_mask is None else attention_mask.repeat(2, 1),
@@ -167,9 +227,8 @@ class MometasForPreTraining(BertPreTrainedModel):
         with self._eval_dropout():
             cls_states = self.bert(**doubled).last_hidden_state[:, 0]
         z1, z2 = self.heads[objective](cls_states).chunk(2)
-        similarity = F.cosine_similarity(z1.unsqueeze(1), z2.unsqueeze(0), dim=-1) / self.config.cse_temperature
-        targets = torch.arange(similarity.size(0), device=similarity.device)
-        return MometasPreTrainingOutput(loss=F.cross_entropy(similarity, targets), logits=similarity)
+        loss, similarity = contrastive_loss(z1, z2, self.config.cse_temperature, gather=gather)
+        return MometasPreTrainingOutput(loss=loss, logits=similarity)
 
     @contextlib.contextmanager
     def _eval_dropout(self):
@@ -189,7 +248,7 @@ class MometasForPreTraining(BertPreTrainedModel):
                 self.bert.eval()
 
 
-__all__ = ["MometasForPreTraining", "MometasPreTrainingOutput"]
+__all__ = ["MometasForPreTraining", "MometasPreTrainingOutput", "contrastive_loss"]
 
 # Saving writes ``auto_map`` and copies this file and the configuration file beside the
 # weights, so that ``AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True)``

@@ -53,6 +53,10 @@ def test_frozen_model_has_zero_null_reward_on_fixed_batches_only(setup, tokenize
     assert losses(200, True) == first  # same text, same corruption, same CSE dropout
     assert losses(200, False) != losses(100, False)  # redrawn text: noise even for a frozen model
     assert set(first) == set(OBJECTIVES) and all(v > 0 for v in first.values())
+    # One pass can give each batch's loss; their mean is the meta-test loss.
+    per_batch = meta_test(model, _batches(rows, pad, 100, True), collators, seed=3, device="cpu", per_batch=True)
+    assert all(len(v) == 2 for v in per_batch.values())
+    assert {k: sum(v) / 2 for k, v in per_batch.items()} == pytest.approx(first, rel=1e-6)
 
 
 def test_gradient_norm_is_measured_on_unscaled_fp16_gradients(setup, tokenizer):

