@@ -28,7 +28,8 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
+from accelerate.data_loader import prepare_data_loader
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
@@ -36,12 +37,22 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, SchedulerType, get_scheduler
 
 from mometas_utils.configuration_mometas import MometasConfig
-from mometas_utils.data import line_by_line, load_raw_corpus, pack_sequences, tokenize_corpus
-from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger, tag_entities
+from mometas_utils.corpus import load_raw_corpus
+from mometas_utils.data import iter_rows
+from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger
 from mometas_utils.errors import MometasInputError
 from mometas_utils.meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
 from mometas_utils.modeling_mometas import MometasForPreTraining
 from mometas_utils.objectives import OBJECTIVES, PadCollator, build_objectives, objective_heads, parse_objectives
+from mometas_utils.preprocess import (
+    SequenceBuilder,
+    StreamingSequences,
+    load_processed,
+    materialise,
+    reread,
+    save_processed,
+    sequence_block,
+)
 from mometas_utils.reporting import (
     HistoryWriter,
     average_distribution,
@@ -82,7 +93,15 @@ def parse_args(argv=None):
                       help="One document per sequence with dynamic padding, instead of packing documents.")
     data.add_argument("--pad_to_max_length", action="store_true",
                       help="With --line_by_line: pad every sequence to --max_seq_length (the paper's code does).")
-    data.add_argument("--preprocessing_num_workers", type=int, default=None)
+    data.add_argument("--preprocessing_num_workers", type=int, default=None,
+                      help="Processes that tag, tokenise and pack the corpus (cached datasets.map and --preprocess_only).")
+    data.add_argument("--dataloader_num_workers", type=int, default=0,
+                      help="DataLoader worker processes per training process; with --streaming they tag, tokenise and "
+                      "pack each process's share of the stream while it trains.")
+    data.add_argument("--preprocess_only", action="store_true",
+                      help="Tag, tokenise and pack the corpus, save the sequences to --processed_dataset and exit.")
+    data.add_argument("--processed_dataset", type=str, default=None,
+                      help="Folder of sequences: written by --preprocess_only, or trained on instead of a corpus.")
     data.add_argument("--cache_dir", type=str, default=None, help="datasets/transformers cache folder.")
 
     mo = parser.add_argument_group("objectives and sampler (paper §3-4)")
@@ -229,7 +248,7 @@ def validate_args(args):
     """Every check that needs no data, before anything is loaded or written."""
     if args.model_name_or_path is None and args.config_name is None:
         raise MometasInputError("--model_name_or_path is required (a BERT checkpoint or Hub id)")
-    if args.output_dir is None:
+    if args.output_dir is None and not args.preprocess_only:
         raise MometasInputError("--output_dir is required")
     args.objective_list = parse_objectives(args.objectives)
     if args.max_seq_length < 8:
@@ -246,7 +265,8 @@ def validate_args(args):
         raise MometasInputError(f"--checkpointing_steps must be a positive number of steps, got {args.checkpointing_steps!r}")
     if args.push_to_hub and not args.hub_model_id:
         args.hub_model_id = Path(args.output_dir).name
-    if any(OBJECTIVES[name].needs_entities for name in args.objective_list):
+    validate_data_args(args)
+    if any(OBJECTIVES[name].needs_entities for name in args.objective_list) and not uses_processed_dataset(args):
         check_entity_tagger(args.entity_tagger, args.entity_column)
     # Building the sampler validates --sampler, --meta_length, --meta_step_size, --entropy_lambda,
     # --reward and --sampler_weights with their own messages.
@@ -327,8 +347,48 @@ def resolve_resume(args):
 # --------------------------------------------------------------------------- data
 
 
-def prepare_sequences(args, tokenizer, accelerator):
-    """Load, tag (emlm only), tokenize and pack once; `datasets` caches every step."""
+def uses_processed_dataset(args):
+    return args.processed_dataset is not None and not args.preprocess_only
+
+
+def validate_data_args(args):
+    if args.preprocessing_num_workers is not None and args.preprocessing_num_workers < 1:
+        raise MometasInputError(f"--preprocessing_num_workers must be at least 1, got {args.preprocessing_num_workers}")
+    if args.dataloader_num_workers < 0:
+        raise MometasInputError(f"--dataloader_num_workers must be at least 0, got {args.dataloader_num_workers}")
+    if args.preprocess_only:
+        if args.processed_dataset is None:
+            raise MometasInputError("--preprocess_only needs --processed_dataset, the folder to write the sequences to")
+        if args.streaming:
+            raise MometasInputError("--preprocess_only writes the whole corpus to disk; it cannot be combined with --streaming")
+        if os.path.exists(args.processed_dataset):
+            raise MometasInputError(f"--processed_dataset {args.processed_dataset} already exists; remove it or choose "
+                                    "another folder")
+    elif args.processed_dataset is not None:
+        given = [flag for flag in ("train_file", "validation_file", "dataset_name", "streaming") if getattr(args, flag)]
+        if given:
+            raise MometasInputError(f"--processed_dataset replaces the corpus: do not also give --{', --'.join(given)}")
+
+
+def sequence_builder(args, tokenizer):
+    with_entities = any(OBJECTIVES[name].needs_entities for name in args.objective_list)
+    return SequenceBuilder(
+        tokenizer,
+        sequence_block(args.max_seq_length, args.objective_list, args.noise_probability),
+        line_by_line=args.line_by_line,
+        entity_tagger=args.entity_tagger if with_entities else None,
+        entity_column=args.entity_column,
+        num_proc=None if args.streaming else args.preprocessing_num_workers,
+    )
+
+
+def prepare_sequences(args, tokenizer, accelerator=None):
+    """Train/validation sequences: loaded from --processed_dataset, or made from the corpus
+    (cached datasets.map steps; with --streaming, lazily in this process's DataLoader)."""
+    builder = sequence_builder(args, tokenizer)
+    if uses_processed_dataset(args):
+        expected = builder.description(args.max_seq_length, identify_tagger=False)
+        return load_processed(args.processed_dataset, expected), builder.block
     raw = load_raw_corpus(
         dataset_name=args.dataset_name,
         dataset_config_name=args.dataset_config_name,
@@ -341,31 +401,39 @@ def prepare_sequences(args, tokenizer, accelerator):
         cache_dir=args.cache_dir,
         trust_remote_code=args.trust_remote_code,
     )
-    with_entities = any(OBJECTIVES[name].needs_entities for name in args.objective_list)
-    num_proc = None if args.streaming else args.preprocessing_num_workers
-    # ATD grows sequences by insertion: pack shorter so its expected insertions fit under max_seq_length.
-    room = math.ceil(args.noise_probability * args.max_seq_length) if "atd" in args.objective_list else 0
-    block = max(8, args.max_seq_length - room)
-    splits = {}
-    for split in ("train", "validation"):
-        dataset = raw[split]
-        if with_entities:
-            dataset = tag_entities(dataset, args.entity_tagger, text_column="text",
-                                   entity_column=args.entity_column, num_proc=num_proc)
-        dataset = tokenize_corpus(dataset, tokenizer, text_column="text", with_entities=with_entities, num_proc=num_proc)
-        if args.line_by_line:
-            dataset = line_by_line(dataset, tokenizer, block, num_proc=num_proc)
-        else:
-            dataset = pack_sequences(dataset, tokenizer, block, num_proc=num_proc)
-        splits[split] = dataset
     if args.streaming:
+        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+        train = StreamingSequences(raw["train"], builder, process_index=rank, num_processes=world)
+        if next(iter_rows(train.share()[0], 1), None) is None:
+            raise MometasInputError(f"the streamed training corpus has no document for process {rank} of {world}")
         # Meta-test draws random batches, so the (small) validation stream is materialised.
-        splits["validation"] = datasets.Dataset.from_list(list(splits["validation"]))
-    if not args.streaming and len(splits["train"]) == 0:
-        raise MometasInputError(f"the training corpus gives no sequence of at least 8 tokens ({args.train_file or args.dataset_name})")
+        splits = {"train": train, "validation": materialise(builder(reread(raw["validation"])), builder)}
+    else:
+        splits = {name: builder(raw[name]) for name in ("train", "validation")}
+        if len(splits["train"]) == 0:
+            raise MometasInputError(f"the training corpus gives no sequence of at least 8 tokens ({args.train_file or args.dataset_name})")
     if len(splits["validation"]) == 0:
         raise MometasInputError("the validation split is empty: give a larger --validation_split_percentage or a --validation_file")
-    return splits, block
+    return splits, builder.block
+
+
+def preprocess(args):
+    """--preprocess_only: make the sequences with --preprocessing_num_workers processes, save them, exit."""
+    validate_args(args)
+    state = PartialState()
+    if state.is_main_process:
+        logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or args.model_name_or_path,
+                                                  trust_remote_code=args.trust_remote_code)
+        splits, _ = prepare_sequences(args, tokenizer)
+        source = {key: getattr(args, key) for key in ("train_file", "validation_file", "dataset_name", "dataset_config_name",
+                                                      "validation_split_percentage", "text_column", "seed", "objectives",
+                                                      "noise_probability", "entity_tagger")}
+        save_processed(splits, args.processed_dataset, sequence_builder(args, tokenizer).description(args.max_seq_length),
+                       source=source)
+        print(f"{len(splits['train'])} training and {len(splits['validation'])} validation sequences saved in "
+              f"{args.processed_dataset}; train on them with --processed_dataset {args.processed_dataset}")
+    state.wait_for_everyone()
 
 
 def to_device(batch, device):
@@ -483,6 +551,7 @@ def train(args):
     pad = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=args.max_seq_length if args.pad_to_max_length else None)
     train_dataloader = DataLoader(
         splits["train"], shuffle=not args.streaming, collate_fn=pad, batch_size=args.per_device_train_batch_size,
+        num_workers=args.dataloader_num_workers,
         # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
         # resumed run (which creates one at a different moment) would get different dropout masks.
         generator=torch.Generator().manual_seed(args.seed),
@@ -511,7 +580,12 @@ def train(args):
 
     # The loader yields padded CPU batches; the step's collator corrupts them, then they move.
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    train_dataloader = accelerator.prepare_data_loader(train_dataloader, device_placement=False)
+    if args.streaming:
+        # Each process streams its own share (StreamingSequences): Accelerate must neither dispatch
+        # batches from process 0 nor keep a slice of every batch.
+        train_dataloader = prepare_data_loader(train_dataloader, num_processes=1, process_index=0, put_on_device=False)
+    else:
+        train_dataloader = accelerator.prepare_data_loader(train_dataloader, device_placement=False)
     accelerator.register_for_checkpointing(sampler, *collators.values())
 
     if args.with_tracking:
@@ -585,7 +659,8 @@ def train(args):
     accelerator.print(
         f"***** MOMETAS pre-training: objectives {names}, sampler {args.sampler}, K={args.meta_length}, "
         f"{args.max_train_steps} steps of {args.per_device_train_batch_size}x{accelerator.num_processes}"
-        f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens *****"
+        f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens, "
+        f"mixed precision {accelerator.mixed_precision} *****"
     )
     progress = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
     checkpointing_steps = int(args.checkpointing_steps) if args.checkpointing_steps else None
@@ -688,7 +763,7 @@ def cli_message(error, args):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        train(args)
+        preprocess(args) if args.preprocess_only else train(args)
     except MometasInputError as error:
         print(f"error: {cli_message(error, args)}", file=sys.stderr)
         sys.exit(2)
