@@ -28,7 +28,8 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
+from accelerate.data_loader import prepare_data_loader
 from accelerate.logging import get_logger
 from accelerate.utils import GradientAccumulationPlugin, LoggerType, set_seed
 from torch.utils.data import DataLoader
@@ -47,8 +48,9 @@ from mometas_utils.checkpoints import (
     verify_checkpoint,
 )
 from mometas_utils.configuration_mometas import MometasConfig
-from mometas_utils.data import line_by_line, load_raw_corpus, pack_sequences, tokenize_corpus
-from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger, tag_entities
+from mometas_utils.corpus import load_raw_corpus
+from mometas_utils.data import iter_rows
+from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger
 from mometas_utils.errors import MometasInputError
 from mometas_utils.history import HistoryWriter, drop_superseded, read_history, rewind_history, summarize_distribution
 from mometas_utils.hub import HubPushError, check_repo_id, prepare_repo, push_folder, upload_failure
@@ -63,6 +65,15 @@ from mometas_utils.outputs import (
     run_outputs,
 )
 from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS
+from mometas_utils.preprocess import (
+    SequenceBuilder,
+    StreamingSequences,
+    load_processed,
+    materialise,
+    reread,
+    save_processed,
+    sequence_block,
+)
 from mometas_utils.plots import plot_history
 from mometas_utils.rewards import PAPER_REWARD
 from mometas_utils.samplers import SAMPLERS, build_sampler
@@ -77,7 +88,7 @@ RESUME_SETTINGS = (
     "seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_seq_length", "line_by_line",
     "pad_to_max_length", "noise_probability", "dataset_name", "dataset_config_name", "text_column", "streaming",
     "validation_split_percentage", "entity_tagger", "entity_column", "per_device_eval_batch_size",
-    "meta_eval_batches", "meta_eval_fixed",
+    "meta_eval_batches", "meta_eval_fixed", "dataloader_num_workers",
 )
 REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale")
 
@@ -122,7 +133,14 @@ def build_parser(given=()):
     data.add_argument("--pad_to_max_length", action="store_true",
                       help="With --line_by_line: pad every sequence to --max_seq_length (the paper's code does).")
     data.add_argument("--preprocessing_num_workers", type=int, default=None,
-                      help="Processes for tagging and tokenising the corpus.")
+                      help="Processes that tag, tokenise and pack the corpus (cached datasets.map and --preprocess_only).")
+    data.add_argument("--dataloader_num_workers", type=int, default=0,
+                      help="DataLoader worker processes per training process; with --streaming they tag, tokenise and "
+                      "pack each process's share of the stream while it trains.")
+    data.add_argument("--preprocess_only", action="store_true",
+                      help="Tag, tokenise and pack the corpus, save the sequences to --processed_dataset and exit.")
+    data.add_argument("--processed_dataset", type=str, default=None,
+                      help="Folder of sequences: written by --preprocess_only, or trained on instead of a corpus.")
     data.add_argument("--cache_dir", type=str, default=None, help="datasets/transformers cache folder.")
 
     mo = parser.add_argument_group("objectives and sampler (paper §3-4)")
@@ -205,7 +223,7 @@ def build_parser(given=()):
                     help="Skip up to N steps whose loss or gradient norm is NaN or infinite; one more stops the run.")
 
     out = parser.add_argument_group("output, checkpoints, tracking, Hub")
-    out.add_argument("--output_dir", type=str, required=not demo, help="Folder of the run: model, history, checkpoints.")
+    out.add_argument("--output_dir", type=str, required=not demo and "--preprocess_only" not in given, help="Folder of the run: model, history, checkpoints.")
     out.add_argument("--overwrite_output_dir", action="store_true",
                      help="Replace another run's outputs in --output_dir, checkpoints included (once inputs are valid).")
     out.add_argument("--checkpointing_steps", type=str, default=None, help="Save the full state every N steps.")
@@ -300,6 +318,7 @@ FLOAT_RANGES = {
 INT_MINIMA = dict(per_device_train_batch_size=1, per_device_eval_batch_size=1, gradient_accumulation_steps=1,
                   meta_eval_batches=1, logging_steps=1, num_train_epochs=1, max_train_steps=1, num_warmup_steps=0,
                   checkpoints_total_limit=1, skip_nonfinite_steps=0, preprocessing_num_workers=1, meta_length=1,
+                  dataloader_num_workers=0,
                   seed=0)
 
 
@@ -319,8 +338,8 @@ def validate_args(args):
         raise MometasInputError(f"--seed must be below 2**32, got {args.seed}")
     if args.model_name_or_path is None and args.tokenizer_name is None:
         raise MometasInputError("--tokenizer_name is required with --config_name and no --model_name_or_path")
-    if args.train_file is None and args.dataset_name is None:
-        raise MometasInputError("no corpus given: pass --train_file or --dataset_name")
+    if args.train_file is None and args.dataset_name is None and not uses_processed_dataset(args):
+        raise MometasInputError("no corpus given: pass --train_file, --dataset_name or --processed_dataset")
     args.objective_list = parse_objectives(args.objectives)
     if args.max_seq_length < 8:
         raise MometasInputError(f"--max_seq_length must be at least 8, got {args.max_seq_length}")
@@ -336,14 +355,16 @@ def validate_args(args):
         unknown = [name for name in args.report_to.split(",") if name.strip() not in known]
         if unknown:
             raise MometasInputError(f"--report_to: unknown tracker(s) {unknown}; choose from {sorted(known)}")
-    if args.push_to_hub:
+    validate_data_args(args)
+    if args.push_to_hub and not args.preprocess_only:
         args.hub_model_id = args.hub_model_id or Path(args.output_dir).absolute().name
         check_repo_id(args.hub_model_id)
         if args.hub_strategy == "every_save" and not args.checkpointing_steps:
             raise MometasInputError("--hub_strategy every_save pushes at every checkpoint: give --checkpointing_steps")
-    if any(OBJECTIVES[name].needs_entities for name in args.objective_list):
+    if any(OBJECTIVES[name].needs_entities for name in args.objective_list) and not uses_processed_dataset(args):
         check_entity_tagger(args.entity_tagger, args.entity_column)
-    check_writable_dir(args.output_dir)
+    if not args.preprocess_only:
+        check_writable_dir(args.output_dir)
     # Building the sampler validates --sampler, --meta_length, --meta_step_size, --entropy_lambda,
     # --reward and --sampler_weights with their own messages.
     make_sampler(args)
@@ -392,6 +413,7 @@ def run_settings(args, num_processes):
     """What a checkpoint must share with the run that resumes it: data, batches, objectives, processes."""
     return {**{key: getattr(args, key) for key in RESUME_SETTINGS},
             "train_file": _file_identity(args.train_file), "validation_file": _file_identity(args.validation_file),
+            "processed_dataset": _file_identity(args.processed_dataset),
             "tokenizer": args.tokenizer_name or args.model_name_or_path, "num_processes": num_processes}
 
 
@@ -485,8 +507,51 @@ def load_model(args, config):
 # --------------------------------------------------------------------------- data
 
 
-def prepare_sequences(args, tokenizer, accelerator):
-    """Load, tag (emlm only), tokenize and pack once; `datasets` caches every step."""
+def uses_processed_dataset(args):
+    return args.processed_dataset is not None and not args.preprocess_only
+
+
+def validate_data_args(args):
+    if args.preprocessing_num_workers is not None and args.preprocessing_num_workers < 1:
+        raise MometasInputError(f"--preprocessing_num_workers must be at least 1, got {args.preprocessing_num_workers}")
+    if args.dataloader_num_workers < 0:
+        raise MometasInputError(f"--dataloader_num_workers must be at least 0, got {args.dataloader_num_workers}")
+    if args.preprocess_only:
+        if args.processed_dataset is None:
+            raise MometasInputError("--preprocess_only needs --processed_dataset, the folder to write the sequences to")
+        if args.streaming:
+            raise MometasInputError("--preprocess_only writes the whole corpus to disk; it cannot be combined with --streaming")
+        if os.path.exists(args.processed_dataset):
+            raise MometasInputError(f"--processed_dataset {args.processed_dataset} already exists; remove it or choose "
+                                    "another folder")
+    elif args.processed_dataset is not None:
+        given = [flag for flag in ("train_file", "validation_file", "dataset_name", "streaming") if getattr(args, flag)]
+        if given:
+            raise MometasInputError(f"--processed_dataset replaces the corpus: do not also give --{', --'.join(given)}")
+        if not os.path.isdir(args.processed_dataset):
+            raise MometasInputError(f"--processed_dataset {args.processed_dataset} does not exist; write it with "
+                                    "--preprocess_only")
+
+
+def sequence_builder(args, tokenizer):
+    with_entities = any(OBJECTIVES[name].needs_entities for name in args.objective_list)
+    return SequenceBuilder(
+        tokenizer,
+        sequence_block(args.max_seq_length, args.objective_list, args.noise_probability),
+        line_by_line=args.line_by_line,
+        entity_tagger=args.entity_tagger if with_entities else None,
+        entity_column=args.entity_column,
+        num_proc=None if args.streaming else args.preprocessing_num_workers,
+    )
+
+
+def prepare_sequences(args, tokenizer, accelerator=None):
+    """Train/validation sequences: loaded from --processed_dataset, or made from the corpus
+    (cached datasets.map steps; with --streaming, lazily in this process's DataLoader)."""
+    builder = sequence_builder(args, tokenizer)
+    if uses_processed_dataset(args):
+        expected = builder.description(args.max_seq_length, identify_tagger=False)
+        return load_processed(args.processed_dataset, expected), builder.block
     raw = load_raw_corpus(
         dataset_name=args.dataset_name,
         dataset_config_name=args.dataset_config_name,
@@ -499,31 +564,39 @@ def prepare_sequences(args, tokenizer, accelerator):
         cache_dir=args.cache_dir,
         trust_remote_code=args.trust_remote_code,
     )
-    with_entities = any(OBJECTIVES[name].needs_entities for name in args.objective_list)
-    num_proc = None if args.streaming else args.preprocessing_num_workers
-    # ATD grows sequences by insertion: pack shorter so its expected insertions fit under max_seq_length.
-    room = math.ceil(args.noise_probability * args.max_seq_length) if "atd" in args.objective_list else 0
-    block = max(8, args.max_seq_length - room)
-    splits = {}
-    for split in ("train", "validation"):
-        dataset = raw[split]
-        if with_entities:
-            dataset = tag_entities(dataset, args.entity_tagger, text_column="text",
-                                   entity_column=args.entity_column, num_proc=num_proc)
-        dataset = tokenize_corpus(dataset, tokenizer, text_column="text", with_entities=with_entities, num_proc=num_proc)
-        if args.line_by_line:
-            dataset = line_by_line(dataset, tokenizer, block, num_proc=num_proc)
-        else:
-            dataset = pack_sequences(dataset, tokenizer, block, num_proc=num_proc)
-        splits[split] = dataset
     if args.streaming:
+        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+        train = StreamingSequences(raw["train"], builder, process_index=rank, num_processes=world)
+        if next(iter_rows(train.share()[0], 1), None) is None:
+            raise MometasInputError(f"the streamed training corpus has no document for process {rank} of {world}")
         # Meta-test draws random batches, so the (small) validation stream is materialised.
-        splits["validation"] = datasets.Dataset.from_list(list(splits["validation"]))
-    if not args.streaming and len(splits["train"]) == 0:
-        raise MometasInputError(f"the training corpus gives no sequence of at least 8 tokens ({args.train_file or args.dataset_name})")
+        splits = {"train": train, "validation": materialise(builder(reread(raw["validation"])), builder)}
+    else:
+        splits = {name: builder(raw[name]) for name in ("train", "validation")}
+        if len(splits["train"]) == 0:
+            raise MometasInputError(f"the training corpus gives no sequence of at least 8 tokens ({args.train_file or args.dataset_name})")
     if len(splits["validation"]) == 0:
         raise MometasInputError("the validation split is empty: give a larger --validation_split_percentage or a --validation_file")
-    return splits, block
+    return splits, builder.block
+
+
+def preprocess(args):
+    """--preprocess_only: make the sequences with --preprocessing_num_workers processes, save them, exit."""
+    validate_args(args)
+    state = PartialState()
+    if state.is_main_process:
+        logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or args.model_name_or_path,
+                                                  trust_remote_code=args.trust_remote_code)
+        splits, _ = prepare_sequences(args, tokenizer)
+        source = {key: getattr(args, key) for key in ("train_file", "validation_file", "dataset_name", "dataset_config_name",
+                                                      "validation_split_percentage", "text_column", "seed", "objectives",
+                                                      "noise_probability", "entity_tagger")}
+        save_processed(splits, args.processed_dataset, sequence_builder(args, tokenizer).description(args.max_seq_length),
+                       source=source)
+        print(f"{len(splits['train'])} training and {len(splits['validation'])} validation sequences saved in "
+              f"{args.processed_dataset}; train on them with --processed_dataset {args.processed_dataset}")
+    state.wait_for_everyone()
 
 
 def to_device(batch, device):
@@ -723,6 +796,7 @@ def train(args, hub_token=None):
     pad = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=args.max_seq_length if args.pad_to_max_length else None)
     train_dataloader = DataLoader(
         splits["train"], shuffle=not args.streaming, collate_fn=pad, batch_size=args.per_device_train_batch_size,
+        num_workers=args.dataloader_num_workers,
         # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
         # resumed run (which creates one at a different moment) would get different dropout masks.
         generator=torch.Generator().manual_seed(args.seed),
@@ -752,7 +826,12 @@ def train(args, hub_token=None):
 
     # The loader yields padded CPU batches; the step's collator corrupts them, then they move.
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    train_dataloader = accelerator.prepare_data_loader(train_dataloader, device_placement=False)
+    if args.streaming:
+        # Each process streams its own share (StreamingSequences): Accelerate must neither dispatch
+        # batches from process 0 nor keep a slice of every batch.
+        train_dataloader = prepare_data_loader(train_dataloader, num_processes=1, process_index=0, put_on_device=False)
+    else:
+        train_dataloader = accelerator.prepare_data_loader(train_dataloader, device_placement=False)
     accelerator.register_for_checkpointing(sampler, *collators.values(), tracker)
     if args.with_tracking:
         config_values = {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
@@ -793,7 +872,8 @@ def train(args, hub_token=None):
     logger.info(
         f"***** MOMETAS pre-training: objectives {args.objective_list}, sampler {args.sampler}, K={args.meta_length}, "
         f"{args.max_train_steps} steps of {args.per_device_train_batch_size}x{accelerator.num_processes}"
-        f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens *****"
+        f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens, "
+        f"mixed precision {accelerator.mixed_precision} *****"
     )
     with tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process) as progress:
         stream = batches()
@@ -883,7 +963,7 @@ def main(argv=None):
     try:
         args = parse_args(argv)
         hub_token = pop_hub_token(args)
-        return train(args, hub_token)
+        return preprocess(args) if args.preprocess_only else train(args, hub_token)
     except MometasInputError as error:
         print(f"error: {cli_message(error, args)}", file=sys.stderr)
         sys.exit(2)

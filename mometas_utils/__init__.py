@@ -29,7 +29,7 @@ _EXPORTS = {
     "ObjectiveSampler": "samplers",
     "build_sampler": "samplers",
     "register_sampler": "samplers",
-    "load_raw_corpus": "data",
+    "load_raw_corpus": "corpus",
     "tokenize_corpus": "data",
     "pack_sequences": "data",
     "line_by_line": "data",

