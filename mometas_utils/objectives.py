@@ -309,14 +309,14 @@ def register_objective(
 
 
 register_objective("mlm", "mlm", MLMCollator,
-                   description="Masked Language Modeling: predict the tokens at 15% of the positions (80% [MASK])")
+                   description="Masked Language Modeling: predict the masked tokens (15% of them by default; 80% [MASK])")
 register_objective("cse", "contrastive", CSECollator,
                    description="Contrastive learning of Sentence Embeddings (unsupervised SimCSE): two dropout views "
                    "of a sentence, in-batch negatives")
 register_objective("atd", "token_detection", ATDCollator,
-                   description="Added Token Detection: find the random tokens inserted at 15% of the positions")
+                   description="Added Token Detection: find the random tokens inserted before 15% of the positions (by default)")
 register_objective("dtd", "token_detection", DTDCollator,
-                   description="Deleted Token Detection: find where 15% of the tokens were removed")
+                   description="Deleted Token Detection: find where tokens were removed (15% of them by default)")
 register_objective("emlm", "mlm", EMLMCollator, needs_entities=True,
                    description="Entity-guided Masked Language Modeling: predict masked entity tokens")
 
