@@ -110,7 +110,8 @@ def build_parser(given=()):
     parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     data = parser.add_argument_group("model and data")
     data.add_argument("--model_name_or_path", type=str, required=not demo and "--config_name" not in given,
-                      help="BERT checkpoint to continue pre-training: a Hub id or a local folder.")
+                      help="BERT checkpoint to continue pre-training: a Hub id or a local folder (required unless "
+                      "--config_name or --demo).")
     data.add_argument("--config_name", type=str, default=None,
                       help="A BERT config (Hub id or folder) to train from scratch instead of --model_name_or_path.")
     data.add_argument("--tokenizer_name", type=str, default=None, help="Tokenizer to use instead of the model's.")
@@ -124,7 +125,7 @@ def build_parser(given=()):
     data.add_argument("--validation_file", type=str, default=None, help="Held-out text for meta-test.")
     data.add_argument("--validation_split_percentage", type=float, default=5,
                       help="Share of documents held out for meta-test when there is no validation file or split.")
-    data.add_argument("--text_column", type=str, default=None, help="Column holding the text (default: 'text').")
+    data.add_argument("--text_column", type=str, default=None, help="Column holding the text; None: the column named 'text'.")
     data.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it.")
     data.add_argument("--max_seq_length", type=int, default=PRETRAINING_HPARAMS["max_seq_length"],
                       help="Tokens per sequence (paper, Table 6).")
@@ -223,7 +224,7 @@ def build_parser(given=()):
                     help="Skip up to N steps whose loss or gradient norm is NaN or infinite; one more stops the run.")
 
     out = parser.add_argument_group("output, checkpoints, tracking, Hub")
-    out.add_argument("--output_dir", type=str, required=not demo and "--preprocess_only" not in given, help="Folder of the run: model, history, checkpoints.")
+    out.add_argument("--output_dir", type=str, required=not demo and "--preprocess_only" not in given, help="Folder of the run: model, history, checkpoints (required unless --demo or --preprocess_only).")
     out.add_argument("--overwrite_output_dir", action="store_true",
                      help="Replace another run's outputs in --output_dir, checkpoints included (once inputs are valid).")
     out.add_argument("--checkpointing_steps", type=str, default=None, help="Save the full state every N steps.")
