@@ -2,12 +2,20 @@
 """The planted-objective proof: does the sampler learn to drop an objective that does harm?
 
 Pre-trains MiniLM on ``mlm,cse,atd,dtd,shuffled_mlm`` (see ``shuffled_mlm.py``: MLM with the
-targets of another row) with ``run_mometas_pretraining.py`` itself, in four arms x 5 seeds:
+targets of another row) with ``run_mometas_pretraining.py`` itself, in five arms x 5 seeds:
 
   uniform        Ub, with --baseline_meta_test for its validation curves
   paper          MOMETAS with --paper_reward (Eqs. 2-4 literally)
   robust_all     MOMETAS with the project's default reward, over all objectives
   robust_named   MOMETAS with the default reward over --reward_objectives mlm,cse,atd,dtd
+  robust_mlm     MOMETAS with the default reward over --reward_objectives mlm
+
+Every arm starts from a *warm* MiniLM whose MLM head was first trained with plain MLM
+(``--warm_steps``; one run shared by all arms). The MiniLM checkpoint ships without an MLM
+head, and a first attempt from the raw checkpoint showed why that matters: with a random head,
+MLM spends the whole run learning unigram frequencies, which shuffled_mlm teaches just as
+well, so the planted objective was not harmful in any window the sampler could see
+(results in ``study/results/planted_coldstart/``).
 
 then measures each final model's validation losses on 8 fixed batches. The proof holds for
 an arm when (a) in at least 4 of 5 seeds the average weight of shuffled_mlm over the second
@@ -34,6 +42,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from datasets.fingerprint import Hasher
+
 from common import RESULTS_DIR, ROOT, STUDY_DIR, log, minilm_path, read_json, wiki_corpus, write_json
 
 PLANTED = "shuffled_mlm"
@@ -43,6 +53,7 @@ ARMS = {
     "paper": ["--sampler", "mometas", "--paper_reward"],
     "robust_all": ["--sampler", "mometas"],
     "robust_named": ["--sampler", "mometas", "--reward_objectives", "mlm,cse,atd,dtd"],
+    "robust_mlm": ["--sampler", "mometas", "--reward_objectives", "mlm"],
 }
 CACHE = STUDY_DIR / "cache" / "planted"
 OUT = RESULTS_DIR / "planted"
@@ -57,25 +68,55 @@ def parse_args(argv=None):
     p.add_argument("--max_seq_length", type=int, default=64)
     p.add_argument("--per_device_train_batch_size", type=int, default=16)
     p.add_argument("--final_eval_batches", type=int, default=8)
+    p.add_argument("--warm_steps", type=int, default=800, help="Plain-MLM steps that train the MLM head first.")
+    p.add_argument("--warm_learning_rate", type=float, default=1e-4)
     p.add_argument("--model_name_or_path", default=None, help="Default: the offline MiniLM checkpoint.")
     p.add_argument("--train_file", default=None, help="Default: the shared Wikipedia sample.")
     p.add_argument("--extra", default="", help="Extra flags for every run (quoted), e.g. for a tiny test.")
     p.add_argument("--jobs", type=int, default=1, help="Runs at a time (each gets cores / jobs threads).")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--results", default=str(OUT), help="Folder of the per-run results.")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Models live beside other results' models only for the default results folder.
+    args.cache = CACHE if Path(args.results) == OUT else Path(f"{args.results}_cache")
+    return args
+
+
+def common_args(args):
+    return ["--train_file", args.train_file or str(wiki_corpus()), "--max_seq_length", str(args.max_seq_length),
+            "--per_device_train_batch_size", str(args.per_device_train_batch_size),
+            "--per_device_eval_batch_size", str(2 * args.per_device_train_batch_size), "--logging_steps", "50"]
+
+
+def warm_start(args, threads):
+    """The shared starting point: MiniLM after ``--warm_steps`` of plain MLM (cached)."""
+    key = Hasher.hash((args.model_name_or_path or minilm_path(), args.train_file, args.warm_steps,
+                       args.warm_learning_rate, args.max_seq_length, args.per_device_train_batch_size, args.extra))
+    folder = args.cache / f"warm_{key[:12]}"
+    if (folder / "warm.done").is_file():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    log(f"planted: warm start, {args.warm_steps} steps of plain MLM ...")
+    command = [sys.executable, "run_mometas_pretraining.py", "--model_name_or_path",
+               args.model_name_or_path or minilm_path(), *common_args(args), "--objectives", "mlm", "--sampler",
+               "uniform", "--max_train_steps", str(args.warm_steps), "--meta_length", str(args.warm_steps),
+               "--learning_rate", str(args.warm_learning_rate), "--seed", "0", "--output_dir", str(folder),
+               *args.extra.split()]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"warm start failed:\n{done.stderr[-3000:]}")
+    (folder / "warm.done").write_text("ok\n")
+    return folder
 
 
 def script_args(args, arm, seed, output_dir):
     return [
-        "--model_name_or_path", args.model_name_or_path or minilm_path(),
-        "--train_file", args.train_file or str(wiki_corpus()),
-        "--objectives", ",".join(OBJECTIVES), *ARMS[arm],
-        "--max_seq_length", str(args.max_seq_length),
-        "--per_device_train_batch_size", str(args.per_device_train_batch_size),
-        "--per_device_eval_batch_size", str(2 * args.per_device_train_batch_size),
+        "--model_name_or_path", str(args.warm_model),
+        *common_args(args), "--objectives", ",".join(OBJECTIVES), *ARMS[arm],
         "--meta_length", str(args.meta_length), "--max_train_steps", str(args.max_train_steps),
-        "--seed", str(seed), "--logging_steps", "50", "--output_dir", str(output_dir), "--overwrite_output_dir",
+        "--seed", str(seed), "--output_dir", str(output_dir), "--overwrite_output_dir",
         *args.extra.split(),
     ]
 
@@ -84,7 +125,7 @@ def run_one(args, arm, seed, threads):
     result_path = Path(args.results) / f"{arm}_seed{seed}.json"
     if result_path.is_file():
         return read_json(result_path)
-    output_dir = CACHE / f"{arm}_seed{seed}"
+    output_dir = args.cache / f"{arm}_seed{seed}"
     if output_dir.exists():  # a killed run: start it again from scratch
         shutil.rmtree(output_dir)
     log(f"planted: {arm} seed {seed} ...")
@@ -240,6 +281,7 @@ def main(argv=None):
     jobs = [(arm, seed) for seed in seeds for arm in arms]
     if not args.report_only:
         threads = max(1, (os.cpu_count() or 2) // args.jobs)
+        args.warm_model = warm_start(args, os.cpu_count() or 2)
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: run_one(args, *job, threads), jobs))
     results = [r for arm, seed in jobs if (r := read_json(Path(args.results) / f"{arm}_seed{seed}.json"))]
@@ -247,7 +289,8 @@ def main(argv=None):
         sys.exit("error: no finished runs to report")
     arms_report = analyse(results, args.max_train_steps)
     summary_path = Path(args.results).with_suffix(".json")
-    write_json(summary_path, {"settings": {k: v for k, v in vars(args).items() if k != "report_only"},
+    write_json(summary_path, {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                                           if k != "report_only"},
                               "arms": arms_report})
     plot(results, Path(args.results).with_name("planted_probability.png"))
     print(markdown(arms_report))

@@ -3,20 +3,25 @@
 
 Trains MiniLM with the demo's setting (16 x 128, five objectives, uniform draws) and, every K
 steps, runs the meta-test of ``run_mometas_pretraining.py`` (the same library functions, seeds
-and batches) in four ways: redrawn batches and one fixed set, each twice with different seeds
-(streams A and B). Then it freezes the model and runs ``--null_pairs + 1`` consecutive
-meta-tests on it, exactly as the loop would. From the recorded per-batch losses it computes,
-for each reward configuration:
+and batches) in four ways: redrawn batches and one fixed set (``--eval_batches`` each; the
+1-batch configurations use the first), and a second redrawn stream and a second fixed set of
+one batch (streams B). Then it freezes the model and runs ``--null_pairs + 1`` consecutive
+meta-tests on it, exactly as the loop would (redrawn batches; the fixed set is measured twice,
+which is enough: it gives the same losses every time). From the recorded per-batch losses it
+computes, for each reward configuration:
 
 * null std: the standard deviation of R between consecutive meta-tests of the frozen model;
 * train |R|: the mean |R| the same configuration sees during training;
 * A-B noise: std(R_A - R_B) / sqrt(2) during training, two independent batch streams (or two
   fixed sets) measuring the same model changes; this is the noise a fixed set does not remove.
 
-    python study/reward_noise.py                  # about 30 min on 2 CPU cores
+    python study/reward_noise.py                  # about an hour on 2 free CPU cores
     python study/reward_noise.py --tiny           # seconds, for the tests
 
 Writes ``study/results/reward_noise.json`` and prints the table that ``docs/study.md`` holds.
+It saves its state at every meta-test (``study/cache/reward_noise/``): run again, it continues
+from the last one (the later training batches are then drawn anew, which the statistics do not
+mind).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import torch
 from common import RESULTS_DIR, log, minilm_path, prepare_corpus, read_json, write_json
 
 OBJECTIVES = ["mlm", "cse", "atd", "dtd", "emlm"]
-STREAMS = {"redrawn": (False, 0), "redrawn_b": (False, 1), "fixed": (True, 0), "fixed_b": (True, 1)}
+# stream: (fixed set?, seed offset, batches: None = --eval_batches)
+STREAMS = {"redrawn": (False, 0, None), "fixed": (True, 0, None), "redrawn_b": (False, 1, 1), "fixed_b": (True, 1, 1)}
 
 
 def parse_args(argv=None):
@@ -40,13 +46,14 @@ def parse_args(argv=None):
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--per_device_train_batch_size", type=int, default=16)
     p.add_argument("--per_device_eval_batch_size", type=int, default=32)
-    p.add_argument("--max_train_steps", type=int, default=600)
+    p.add_argument("--max_train_steps", type=int, default=400)
     p.add_argument("--meta_length", type=int, default=50)
     p.add_argument("--eval_batches", type=int, default=4, help="Batches per stream; configs use 1 and this many.")
     p.add_argument("--null_pairs", type=int, default=20)
     p.add_argument("--learning_rate", type=float, default=5e-5)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--output", default=str(RESULTS_DIR / "reward_noise.json"))
+    p.add_argument("--state", default=None, help="Resumable state (default: study/cache/<output name>.pt).")
     p.add_argument("--tiny", action="store_true", help="A tiny random BERT and a few steps (tests).")
     return p.parse_args(argv)
 
@@ -86,31 +93,52 @@ def build(args):
     return model, splits, pad, collators, eval_collators, optimizer, scheduler
 
 
-def evaluate(model, validation, eval_collators, pad, args, step):
-    """Per-batch validation losses of every stream: {stream: {objective: [loss per batch]}}."""
+def evaluate(model, validation, eval_collators, pad, args, step, streams=STREAMS):
+    """Per-batch validation losses of ``streams``: {stream: {objective: [loss per batch]}}."""
     from mometas_utils.meta_test import meta_test, meta_test_batches
 
     out = {}
-    for stream, (fixed, offset) in STREAMS.items():
+    for stream in streams:
+        fixed, offset, n = STREAMS[stream]
         seed = args.seed + offset
         batches = meta_test_batches(validation, batch_size=args.per_device_eval_batch_size,
-                                    num_batches=args.eval_batches, seed=seed, step=step, process_index=0, pad=pad,
-                                    fixed=fixed)
+                                    num_batches=n or args.eval_batches, seed=seed, step=step, process_index=0,
+                                    pad=pad, fixed=fixed)
         out[stream] = meta_test(model, batches, eval_collators, seed=seed, device="cpu", per_batch=True)
     return out
 
 
-def train_and_measure(args):
+def train_and_measure(args, settings, state_path):
     from mometas_utils.samplers import build_sampler
 
     model, splits, pad, collators, eval_collators, optimizer, scheduler = build(args)
     sampler = build_sampler("uniform", OBJECTIVES, seed=args.seed)
+    training, null, start = [], [], 0
+    saved = torch.load(state_path, weights_only=False) if state_path.is_file() else None
+    if saved is not None and saved["settings"] == settings:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        sampler.load_state_dict(saved["sampler"])
+        torch.set_rng_state(saved["rng"])
+        training, null, start = saved["training"], saved["null"], saved["step"]
+        log(f"resuming from step {start} ({len(training)} training and {len(null)} null meta-tests done)")
+
+    def save(step):
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"settings": settings, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": torch.get_rng_state(),
+                    "training": training, "null": null, "step": step}, tmp)
+        tmp.replace(state_path)
+
     loader = torch.utils.data.DataLoader(splits["train"], batch_size=args.per_device_train_batch_size, shuffle=True,
-                                         collate_fn=pad, generator=torch.Generator().manual_seed(args.seed))
+                                         collate_fn=pad, generator=torch.Generator().manual_seed(args.seed + start))
     stream = iter(loader)
-    training = [{"step": 0, "losses": evaluate(model, splits["validation"], eval_collators, pad, args, 0)}]
+    if not training:
+        training.append({"step": 0, "losses": evaluate(model, splits["validation"], eval_collators, pad, args, 0)})
     model.train()
-    for step in range(1, args.max_train_steps + 1):
+    for step in range(start + 1, args.max_train_steps + 1):
         try:
             padded = next(stream)
         except StopIteration:
@@ -126,13 +154,16 @@ def train_and_measure(args):
         if step % args.meta_length == 0:
             training.append({"step": step, "losses": evaluate(model, splits["validation"], eval_collators, pad, args,
                                                               step)})
+            save(step)
             log(f"step {step}: meta-test done, last loss {objective}={loss.item():.3f}")
-    null = []
-    for r in range(args.null_pairs + 1):
+    for r in range(len(null), args.null_pairs + 1):
         # The frozen model at the meta-tests a continued run would hold next: steps T+K, T+2K, ...
         step = args.max_train_steps + (r + 1) * args.meta_length
-        null.append({"step": step, "losses": evaluate(model, splits["validation"], eval_collators, pad, args, step)})
-    log("null meta-tests done")
+        streams = ["redrawn", "fixed"] if r < 2 else ["redrawn"]
+        null.append({"step": step, "losses": evaluate(model, splits["validation"], eval_collators, pad, args, step,
+                                                      streams)})
+        save(args.max_train_steps)
+        log(f"null meta-test {r + 1}/{args.null_pairs + 1} done")
     return {"training": training, "null": null}
 
 
@@ -160,7 +191,7 @@ def rewards(records, stream, batches, transform):
     from mometas_utils.rewards import compute_reward
 
     kwargs = dict(floor=-1.0, dead_zone=1e-3) if transform == "guarded" else {}
-    values = [losses_of(r, stream, batches) for r in records]
+    values = [losses_of(r, stream, batches) for r in records if stream in r["losses"]]
     return [compute_reward("relative", b, a, **kwargs) for b, a in zip(values, values[1:])]
 
 
@@ -175,9 +206,10 @@ def analyse(measured):
     for name, stream, batches, transform in CONFIGS:
         train = rewards(measured["training"], stream, batches, transform)
         null = rewards(measured["null"], stream, batches, transform)
-        other = stream + "_b"
-        train_b = rewards(measured["training"], other, batches, transform)
-        ab = _std([a - b for a, b in zip(train, train_b)]) / math.sqrt(2)
+        ab = None
+        if batches == 1:  # stream B has one batch
+            train_b = rewards(measured["training"], stream + "_b", 1, transform)
+            ab = _std([a - b for a, b in zip(train, train_b)]) / math.sqrt(2)
         row = {"config": name, "null_std": _std(null), "train_mean_abs": statistics.fmean(abs(r) for r in train),
                "train_std": _std(train), "ab_noise": ab, "null_max_abs": max(abs(r) for r in null)}
         row["snr"] = row["train_mean_abs"] / row["null_std"] if row["null_std"] > 0 else math.inf
@@ -230,12 +262,14 @@ def main(argv=None):
 
     output = Path(args.output)
     cached = read_json(output)
-    settings = {k: v for k, v in vars(args).items() if k != "output"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("output", "state")}
     if cached and cached.get("settings") == settings:
         log(f"{output} is up to date; delete it to measure again")
         measured = cached["measured"]
     else:
-        measured = train_and_measure(args)
+        state = Path(args.state) if args.state else RESULTS_DIR.parent / "cache" / f"{output.stem}.pt"
+        measured = train_and_measure(args, settings, state)
+        state.unlink(missing_ok=True)
     analysis = analyse(measured)
     write_json(output, {"settings": settings, "measured": measured, "analysis": analysis})
     print(markdown(analysis))
