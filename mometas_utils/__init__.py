@@ -35,6 +35,14 @@ _EXPORTS = {
     "line_by_line": "data",
     "tag_entities": "entities",
     "check_entity_tagger": "entities",
+    "StepTracker": "tracker",
+    "HistoryWriter": "history",
+    "read_history": "history",
+    "average_distribution": "history",
+    "summarize_distribution": "history",
+    "plot_history": "plots",
+    "build_model_card": "card",
+    "PRETRAINING_HPARAMS": "paper",
 }
 
 __all__ = sorted(_EXPORTS)

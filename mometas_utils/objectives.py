@@ -286,7 +286,8 @@ class EMLMCollator(ObjectiveCollator):
 
 @dataclass(frozen=True)
 class Objective:
-    """A registered objective: its name, the head type it trains and its collator class."""
+    """A registered objective: its name, the head type it trains, its collator class and a one-line description
+    (the model card's and the docs' only source for it)."""
 
     name: str
     head: str
@@ -307,11 +308,17 @@ def register_objective(
     return objective
 
 
-register_objective("mlm", "mlm", MLMCollator, description="masked language modelling")
-register_objective("cse", "contrastive", CSECollator, description="unsupervised SimCSE")
-register_objective("atd", "token_detection", ATDCollator, description="added-token detection")
-register_objective("dtd", "token_detection", DTDCollator, description="deleted-token detection")
-register_objective("emlm", "mlm", EMLMCollator, needs_entities=True, description="entity-guided MLM")
+register_objective("mlm", "mlm", MLMCollator,
+                   description="Masked Language Modeling: predict the masked tokens (15% of them by default; 80% [MASK])")
+register_objective("cse", "contrastive", CSECollator,
+                   description="Contrastive learning of Sentence Embeddings (unsupervised SimCSE): two dropout views "
+                   "of a sentence, in-batch negatives")
+register_objective("atd", "token_detection", ATDCollator,
+                   description="Added Token Detection: find the random tokens inserted before 15% of the positions (by default)")
+register_objective("dtd", "token_detection", DTDCollator,
+                   description="Deleted Token Detection: find where tokens were removed (15% of them by default)")
+register_objective("emlm", "mlm", EMLMCollator, needs_entities=True,
+                   description="Entity-guided Masked Language Modeling: predict masked entity tokens")
 
 
 def parse_objectives(spec: str | Sequence[str]) -> list[str]:

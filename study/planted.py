@@ -134,7 +134,7 @@ def run_one(args, arm, seed, threads):
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{arm} seed {seed} failed:\n{done.stderr[-3000:]}")
-    from mometas_utils.reporting import read_history
+    from mometas_utils.history import read_history
 
     rows = read_history(output_dir)
     final = final_losses(output_dir, args, seed)

@@ -168,7 +168,7 @@ def pretrain(args, preset, cache, results, sampler, seed, corpus, index, total):
                *shlex.split(args.extra_pretrain)]
     tic = time.time()
     run(command, cache / "logs" / f"pretrain_{sampler}_seed{seed}.log")
-    from mometas_utils.reporting import read_history
+    from mometas_utils.history import read_history
 
     result = {"sampler": sampler, "seed": seed, "rows": read_history(out), "seconds": time.time() - tic,
               "command": [str(c) for c in command]}
@@ -211,7 +211,7 @@ def _mean_std(xs):
 
 
 def report(args, pretrained, finetuned):
-    from mometas_utils.reporting import average_distribution, cumulative_reward
+    from mometas_utils.history import average_distribution, cumulative_reward
 
     table = {}
     for model in ["base", *args.samplers]:

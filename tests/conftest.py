@@ -67,3 +67,31 @@ def english_corpus(tmp_path_factory):
     from mometas_utils.demo import write_demo_corpus
 
     return str(write_demo_corpus(tmp_path_factory.mktemp("corpus") / "python_reference.txt"))
+
+
+HISTORY_OBJECTIVES = ["mlm", "cse", "atd", "dtd", "emlm"]
+
+
+def synthetic_history(sampler="mometas", k=100, n=6, reward_scale=0.03, with_val=True, drift=0.02):
+    """Rows shaped like the script's: a step-0 row (no reward), then one every K steps."""
+    rows = []
+    for i in range(n + 1):
+        raw = [1.0 + drift * i * (j - 2) for j in range(len(HISTORY_OBJECTIVES))]
+        probs = {o: r / sum(raw) for o, r in zip(HISTORY_OBJECTIVES, raw)}
+        rows.append({
+            "step": i * k, "sampler": sampler, "objectives": HISTORY_OBJECTIVES, "probabilities": probs,
+            "entropy": 1.6 - 0.01 * i, "reward": None if i == 0 else reward_scale * (1 + 0.1 * i),
+            "val_loss": {o: 3.0 - 0.1 * i + 0.05 * j for j, o in enumerate(HISTORY_OBJECTIVES)} if with_val else None,
+            "train_loss": None if i == 0 else {o: 3.1 - 0.1 * i for o in HISTORY_OBJECTIVES},
+            "counts": None if i == 0 else {o: k // 5 for o in HISTORY_OBJECTIVES},
+            "tokens_seen": {o: 1000 * i for o in HISTORY_OBJECTIVES},
+            "meta_test_seconds": 0.8, "elapsed_seconds": 10.0 * i, "learning_rate": 5e-5,
+        })
+    return rows
+
+
+@pytest.fixture
+def make_history():
+    """``make_history(**options)``: a synthetic sampler history (see :func:`synthetic_history`)."""
+    return synthetic_history
+

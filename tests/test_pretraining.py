@@ -1,13 +1,16 @@
-"""run_mometas_pretraining.py end to end: outputs, exact resume, two processes, bad input, the Hub."""
+"""run_mometas_pretraining.py end to end: outputs, exact resume, two processes, the output folder, non-finite,
+the Hub, and the script copied alone."""
 
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import Future
 from pathlib import Path
 from unittest import mock
 
@@ -23,6 +26,9 @@ FAST = ["--max_seq_length", "64", "--per_device_train_batch_size", "4", "--per_d
 # Every option of the robust reward that is not already on by default, so that exact resume and the
 # two-process run are tested with all of them.
 REWARD_OPTIONS = ["--min_probability", "0.02", "--reward_objectives", "mlm,cse,atd,dtd"]
+# A small, quick run: two objectives, no meta-test.
+QUICK = ["--max_seq_length", "32", "--per_device_train_batch_size", "4", "--objectives", "mlm,dtd",
+         "--sampler", "uniform", "--meta_length", "2"]
 
 
 def script_env(**extra):
@@ -31,11 +37,18 @@ def script_env(**extra):
     return env
 
 
-def run_script(args, launcher=(), env=None, timeout=600):
+def run_script(args, launcher=(), env=None, timeout=600, script=SCRIPT, cwd=ROOT):
     command = [*launcher] if launcher else [sys.executable]
-    result = subprocess.run([*command, str(SCRIPT), *map(str, args)], cwd=ROOT, env=env or script_env(),
-                            capture_output=True, text=True, timeout=timeout)
-    return result
+    # A session of its own: on a timeout (a hang) the launcher's worker processes are killed with it.
+    with subprocess.Popen([*command, str(script), *map(str, args)], cwd=cwd, env=env or script_env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def load_script():
@@ -43,6 +56,36 @@ def load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_main(argv):
+    """The script's main() in this process; returns the exit code (0 when it returns)."""
+    try:
+        load_script().main([str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def expect_error(capsys, argv, *fragments):
+    """main(argv) ends in exit code 2 and one line `error: ...` holding every fragment; returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2, err[-2000:]
+    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0] and "Traceback" not in err, err[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+def tree_digest(folder):
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def comparable(rows):
@@ -68,6 +111,14 @@ def full_run(tiny_bert, english_corpus, tmp_path_factory):
     return out, result
 
 
+def copy_run(out, dest, checkpoints=True):
+    shutil.copytree(out, dest, ignore=None if checkpoints else shutil.ignore_patterns("step_*"))
+    return dest
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
 def test_end_to_end_writes_model_history_plots_card_and_checkpoints(full_run):
     out, result = full_run
     for name in ("model.safetensors", "config.json", "modeling_mometas.py", "configuration_mometas.py",
@@ -76,8 +127,9 @@ def test_end_to_end_writes_model_history_plots_card_and_checkpoints(full_run):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin")), "weights are safetensors only"
     assert [p.name for p in sorted(out.glob("step_*"))] == ["step_10", "step_20", "step_30"]
+    assert all((p / "mometas_checkpoint.json").is_file() for p in out.glob("step_*"))
     assert not list(out.glob(".*tmp")), "no temporary folder is left behind"
-    assert list(out.rglob("events.out.tfevents*")), "TensorBoard tracking wrote events"
+    assert list(out.rglob("events.out.tfevents*")), "tracking (--report_to all) wrote TensorBoard events"
 
     rows = read_rows(out)
     assert [r["step"] for r in rows] == [0, 10, 20, 30]
@@ -91,7 +143,9 @@ def test_end_to_end_writes_model_history_plots_card_and_checkpoints(full_run):
         assert min(row["probabilities"].values()) >= 0.02 - 1e-12  # --min_probability
     assert sum(rows[-1]["tokens_seen"].values()) > sum(rows[1]["tokens_seen"].values()) > 0
     card = (out / "README.md").read_text()
-    assert "mometas" in card.lower() and "emlm" in card and "trust_remote_code" in card
+    assert card.startswith("---\n") and "pipeline_tag: fill-mask" in card and "trust_remote_code" in card
+    assert "emlm" in card and "Sampler health: smallest probability" in card
+    assert str(Path(out).parent) not in card and "tiny_bert" not in card.split("## Training arguments")[0]
     assert "average" in result.stdout.lower(), "the learned distribution is printed at the end"
     assert "smallest probability" in result.stdout and "reward floor clipped" in result.stdout
 
@@ -108,12 +162,14 @@ def test_trained_folder_loads_in_a_fresh_process(full_run, tmp_path):
     out, _ = full_run
     code = textwrap.dedent(
         f"""
-        import importlib.util
-        assert importlib.util.find_spec("mometas_utils") is None
-        from transformers import AutoModel, AutoModelForPreTraining
+        import sys
+        from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining, pipeline
         assert type(AutoModel.from_pretrained({str(out)!r})).__name__ == "BertModel"
+        assert type(AutoModelForMaskedLM.from_pretrained({str(out)!r})).__name__ == "BertForMaskedLM"
+        assert pipeline("fill-mask", model={str(out)!r})("The cat sat on the [MASK].")
         full = AutoModelForPreTraining.from_pretrained({str(out)!r}, trust_remote_code=True)
         assert sorted(full.config.objectives) == ["atd", "cse", "dtd", "emlm", "mlm"]
+        assert not [m for m in sys.modules if m.startswith("mometas_utils")], "the folder needs nothing of ours"
         print("OK")
         """
     )
@@ -123,108 +179,238 @@ def test_trained_folder_loads_in_a_fresh_process(full_run, tmp_path):
     assert "OK" in result.stdout, result.stderr[-3000:]
 
 
+# ----------------------------------------------------------------------------- resume
+
+
 def test_resume_matches_an_uninterrupted_run(full_run, tiny_bert, english_corpus, tmp_path):
     out, _ = full_run
     resumed = tmp_path / "run"
     resumed.mkdir()
     # The state of a run that stopped after step 10: its checkpoint and its history (which holds
-    # later rows of the uninterrupted run; resume must drop them and rewrite them identically).
+    # later rows of the uninterrupted run; resume sets them aside and rewrites them identically).
     shutil.copytree(out / "step_10", resumed / "step_10")
     shutil.copy(out / "sampler_history.jsonl", resumed / "sampler_history.jsonl")
     result = run_script([*run_args(tiny_bert, english_corpus, resumed), "--resume_from_checkpoint", "latest"])
     assert result.returncode == 0, result.stderr[-4000:]
     assert comparable(read_rows(resumed)) == comparable(read_rows(out))
+    assert not (resumed / "sampler_history.superseded.json").exists()
     expected, got = load_file(out / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
 
 
-def test_two_processes_draw_the_same_objectives(tiny_bert, english_corpus, tmp_path):
+def test_resume_into_another_output_dir_continues_tokens_seen(full_run, tiny_bert, english_corpus, tmp_path):
+    # The counters are part of the checkpoint, not rebuilt from the output folder's history.
+    out, _ = full_run
+    elsewhere = tmp_path / "elsewhere"
+    result = run_script([*run_args(tiny_bert, english_corpus, elsewhere), "--resume_from_checkpoint", out / "step_10"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    original = {row["step"]: row for row in comparable(read_rows(out))}
+    rows = comparable(read_rows(elsewhere))
+    assert [row["step"] for row in rows] == [20, 30]
+    for row in rows:
+        assert row["tokens_seen"] == original[row["step"]]["tokens_seen"]
+        assert row == original[row["step"]]
+
+
+def test_two_processes_draw_the_same_objectives_and_finish_off_the_meta_length(tiny_bert, english_corpus, tmp_path):
+    # 25 steps with K = 10: the last 5 steps fill no window, and every process takes part in that
+    # last row's collectives (a main-process-only row hung here).
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *FAST, *REWARD_OPTIONS,
-            "--max_train_steps", 20, "--meta_length", 10, "--output_dir", out]
-    result = run_script(args, launcher=launcher, env=script_env(ACCELERATE_USE_CPU="true"))
+            "--max_train_steps", 25, "--meta_length", 10, "--checkpointing_steps", 10, "--checkpoints_total_limit", 1,
+            "--output_dir", out]
+    result = run_script(args, launcher=launcher, env=script_env(ACCELERATE_USE_CPU="true"), timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = read_rows(out)
     assert all(row["num_processes"] == 2 for row in rows), "the launcher must really start two processes"
-    trained = [row for row in rows if row["step"] > 0]
-    assert len(trained) == 2
-    for row in trained:
+    assert [row["step"] for row in rows] == [0, 10, 20, 25]
+    for row, length in zip(rows[1:], (10, 10, 5)):
         first, second = row["process_rollouts"]
-        assert len(first) == 10 and first == second
-    # The linear schedule is the one of a single process: 2 warmup steps (6% of 20), then down to 0.
-    assert rows[1]["learning_rate"] == pytest.approx(5e-5 * (20 - 10) / (20 - 2))
+        assert len(first) == length and first == second
+    assert rows[-1]["reward"] is None and rows[-1]["tokens_seen"] != rows[-2]["tokens_seen"]
+    # The linear schedule is the one of a single process: 2 warmup steps (6% of 25), then down to 0.
+    assert rows[1]["learning_rate"] == pytest.approx(5e-5 * (25 - 10) / (25 - 2))
+    assert [p.name for p in out.glob("step_*")] == ["step_20"], "--checkpoints_total_limit 1"
+    assert (out / "model.safetensors").is_file()
 
 
-# ----------------------------------------------------------------------------- bad input
+# ----------------------------------------------------------------------------- an output folder belongs to one run
 
 
-def expect_error(capsys, argv, *fragments):
+def test_a_finished_run_without_checkpoints_is_not_overwritten(full_run, tiny_bert, english_corpus, tmp_path, capsys):
+    out, _ = full_run
+    finished = copy_run(out, tmp_path / "finished", checkpoints=False)
+    before = tree_digest(finished)
+    expect_error(capsys, ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
+                          "--max_train_steps", 2, "--output_dir", finished],
+                 f"error: --output_dir {finished} holds the outputs of another run", "--resume_from_checkpoint",
+                 "--overwrite_output_dir")
+    assert tree_digest(finished) == before
+
+
+def test_a_killed_resume_loses_no_history(full_run, tiny_bert, english_corpus, tmp_path):
+    out, _ = full_run
+    run = copy_run(out, tmp_path / "run")
+    args = run_args(tiny_bert, english_corpus, run)
     module = load_script()
-    with pytest.raises(SystemExit) as exit_info:
-        module.main([str(a) for a in argv])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    message = err[-1]
-    assert message.startswith("error: ") and "Traceback" not in "\n".join(err), err
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    return message
+    # Resume from step_10 while step_20 and step_30 exist, and get killed at the first checkpoint.
+    with mock.patch.object(module, "save_checkpoint", side_effect=KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            module.main([str(a) for a in [*args, "--resume_from_checkpoint", run / "step_10"]])
+    # 'latest' is the old run's step_30: its history must be whole again.
+    assert run_main([*args, "--resume_from_checkpoint", "latest"]) == 0
+    assert comparable(read_rows(run)) == comparable(read_rows(out))
+    assert not (run / "sampler_history.superseded.json").exists()
 
 
-def test_unknown_objective(capsys, tiny_bert, english_corpus, tmp_path):
-    expect_error(capsys, ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, "--output_dir", tmp_path,
-                          "--objectives", "mlm,nsp"], "--objectives", "nsp")
-
-
-def test_emlm_without_a_working_tagger(capsys, tiny_bert, english_corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv("STANZA_RESOURCES_DIR", str(tmp_path / "no_stanza"))
-    expect_error(capsys, ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, "--output_dir", tmp_path,
-                          "--entity_tagger", "stanza"], "stanza", "spacy")
-
-
-def test_missing_and_empty_corpus(capsys, tiny_bert, tmp_path):
-    base = ["--model_name_or_path", tiny_bert, "--output_dir", tmp_path / "out", *FAST, "--objectives", "mlm,dtd",
-            "--meta_length", 5]
-    expect_error(capsys, [*base, "--train_file", tmp_path / "nope.txt"], "--train_file", "nope.txt")
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n   \n")
-    expect_error(capsys, [*base, "--train_file", empty], "empty.txt")
-
-
-def test_corpus_without_the_text_column(capsys, tiny_bert, tmp_path):
-    corpus = tmp_path / "corpus.csv"
-    corpus.write_text("title,body\nA title,Some body text that is long enough\nB,More text here\n")
-    expect_error(capsys, ["--model_name_or_path", tiny_bert, "--output_dir", tmp_path / "out", "--train_file", corpus,
-                          "--objectives", "mlm", "--meta_length", 5], "corpus.csv", "--text_column")
-
-
-def test_meta_length_smaller_than_the_number_of_objectives(capsys, tiny_bert, english_corpus, tmp_path):
-    expect_error(capsys, ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, "--output_dir", tmp_path,
-                          "--meta_length", 3, "--entity_tagger", "spacy"], "--meta_length")
-
-
-def tree_digest(folder):
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
-def test_resume_with_other_objectives_and_unannounced_overwrite_leave_checkpoints_intact(
-    capsys, full_run, tiny_bert, english_corpus
+def test_overwrite_clears_the_old_run_checkpoints_included_but_only_once_inputs_are_valid(
+    full_run, tiny_bert, english_corpus, tmp_path, capsys
 ):
     out, _ = full_run
-    before = tree_digest(out)
-    base = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *FAST, "--output_dir", out,
-            "--meta_length", 10]
-    expect_error(capsys, [*base, "--objectives", "mlm,cse", "--resume_from_checkpoint", "latest"], "--objectives", "step_30")
-    expect_error(capsys, base, "--resume_from_checkpoint latest", "--overwrite_output_dir")
-    assert tree_digest(out) == before
+    run = copy_run(out, tmp_path / "run")
+    before = tree_digest(run)
+    base = ["--model_name_or_path", tiny_bert, *QUICK, "--max_train_steps", 4, "--output_dir", run,
+            "--overwrite_output_dir"]
+    assert run_main([*base, "--train_file", tmp_path / "missing.txt"]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+    assert tree_digest(run) == before, "a run that fails its checks leaves the old run untouched"
+
+    assert run_main([*base, "--train_file", english_corpus]) == 0
+    assert not list(run.glob("step_*")), "the old run's checkpoints are gone"
+    assert [row["step"] for row in read_rows(run)] == [2, 4] and read_rows(run)[0]["sampler"] == "uniform"
+    capsys.readouterr()
+    assert run_main([*base[:-1], "--train_file", english_corpus, "--resume_from_checkpoint", "latest"]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_resume_checks_the_settings_that_fix_the_data(full_run, tiny_bert, english_corpus, tmp_path, capsys):
+    out, _ = full_run
+    run = copy_run(out, tmp_path / "run")
+    before = tree_digest(run)
+    args = [*run_args(tiny_bert, english_corpus, run), "--resume_from_checkpoint", "latest"]
+    changed = [*args, "--seed", 43, "--max_seq_length", 32, "--per_device_train_batch_size", 2]
+    assert run_main(changed) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith(f"error: --resume_from_checkpoint {run / 'step_30'} was saved with other settings")
+    for difference in ("seed: 42 -> 43", "max_seq_length: 64 -> 32", "per_device_train_batch_size: 4 -> 2"):
+        assert difference in message
+    assert "--allow_config_change" in message and tree_digest(run) == before
+    # Objectives and sampler cannot change at all; the schedule length may, without a word.
+    assert run_main([*args, "--objectives", "mlm,cse,atd,dtd"]) == 2
+    assert "was trained with --objectives mlm,cse,atd,dtd,emlm" in capsys.readouterr().err
+    assert run_main([*args[:-2], "--resume_from_checkpoint", run / "step_20", "--max_train_steps", 20]) == 0
+    assert run_main([*changed[:-4], "--max_train_steps", 32, "--allow_config_change"]) == 0
+    assert read_rows(run)[-1]["step"] == 32
+
+
+# ----------------------------------------------------------------------------- non-finite
+
+
+def test_a_nan_loss_stops_the_run_without_a_model_and_keeps_the_last_checkpoint(tiny_bert, english_corpus, tmp_path):
+    out = tmp_path / "nan"
+    # lr 1e30 is finite, so it passes the checks; the first step at that rate blows the weights up.
+    result = run_script(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
+                         "--max_train_steps", 8, "--checkpointing_steps", 2, "--learning_rate", 1e30,
+                         "--output_dir", out])
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: step 3 (objective ")
+    assert "loss nan" in message and f"the last good checkpoint is {out / 'step_2'}" in message
+    assert "Traceback" not in result.stderr
+    assert not (out / "model.safetensors").exists() and [p.name for p in out.glob("step_*")] == ["step_2"]
+    weights = load_file(out / "step_2" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_corpus, tmp_path, capsys):
+    module = load_script()
+    real_forward = module.MometasForPreTraining.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):  # the third training step's loss is NaN
+        output = real_forward(self, *args, **kwargs)
+        if self.training and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 3:
+                output.loss = output.loss * float("nan")
+        return output
+
+    args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 6]
+    with mock.patch.object(module.MometasForPreTraining, "forward", forward):
+        module.main([str(a) for a in [*args, "--output_dir", tmp_path / "skip", "--skip_nonfinite_steps", 1]])
+    weights = load_file(tmp_path / "skip" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    rows = read_rows(tmp_path / "skip")
+    window = next(row for row in rows if row["step"] == 4)
+    assert len(window["rollout"]) == 2 and sum(window["counts"].values()) == 1, "the skipped step trained nothing"
+
+    calls["n"] = 0
+    with mock.patch.object(module.MometasForPreTraining, "forward", forward), pytest.raises(SystemExit) as exit_:
+        module.main([str(a) for a in [*args, "--output_dir", tmp_path / "stop"]])
+    assert exit_.value.code == 1 and not (tmp_path / "stop" / "model.safetensors").exists()
+    assert "error: step 3 (objective " in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the Hub
+
+
+def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(tiny_bert, english_corpus, tmp_path,
+                                                                            capsys, caplog):
+    from huggingface_hub import CommitInfo, RepoUrl
+
+    out = tmp_path / "mometas-tiny"
+    argv = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 4,
+            "--checkpointing_steps", 2, "--output_dir", out, "--push_to_hub", "--hub_strategy", "every_save",
+            "--hub_private_repo", "--hub_token", SECRET]
+    info = CommitInfo(commit_url="https://huggingface.co/alice/mometas-tiny/commit/1", commit_message="m",
+                      commit_description="", oid="1")
+
+    def upload_folder(**kwargs):  # what huggingface_hub returns: a CommitInfo, or a Future of one
+        if not kwargs["run_as_future"]:
+            return info
+        future = Future()
+        future.set_result(info)
+        return future
+
+    with mock.patch("huggingface_hub.HfApi") as api_class:
+        api = api_class.return_value
+        api.create_repo.return_value = RepoUrl("https://huggingface.co/alice/mometas-tiny")
+        api.upload_folder.side_effect = upload_folder
+        assert run_main(argv) == 0
+    api_class.assert_called_with(token=SECRET)
+    api.create_repo.assert_called_once_with("mometas-tiny", exist_ok=True, private=True)
+    api.auth_check.assert_called_once_with("alice/mometas-tiny", write=True)
+    uploads = [call.kwargs for call in api.upload_folder.call_args_list]
+    assert [u["run_as_future"] for u in uploads] == [True, True, False], "every save in the background, then the end"
+    assert all(u["repo_id"] == "alice/mometas-tiny" and Path(u["folder_path"]) == out for u in uploads)
+    assert "step_*" in uploads[-1]["ignore_patterns"]
+    captured = capsys.readouterr()
+    assert "alice/mometas-tiny" in captured.out
+    assert SECRET not in captured.out + captured.err + caplog.text
+    assert SECRET not in (out / "README.md").read_text() + (out / "mometas_args.json").read_text()
+    assert 'from_pretrained("alice/mometas-tiny")' in (out / "README.md").read_text()
+
+
+def test_a_push_that_fails_after_training_keeps_the_outputs(tiny_bert, english_corpus, tmp_path, capsys):
+    from huggingface_hub import RepoUrl
+
+    out = tmp_path / "run"
+    with mock.patch("huggingface_hub.HfApi") as api_class:
+        api_class.return_value.create_repo.return_value = RepoUrl("https://huggingface.co/alice/run")
+        api_class.return_value.upload_folder.side_effect = ConnectionError("connection reset")
+        code = run_main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
+                         "--max_train_steps", 2, "--output_dir", out, "--push_to_hub"])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and message.startswith(f"error: --push_to_hub: could not upload {out} to alice/run")
+    assert f"hf upload alice/run {out} ." in message
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+
+
+# ----------------------------------------------------------------------------- other
 
 
 def test_lines_longer_than_max_length_are_packed_not_rejected(tiny_bert, tmp_path):
@@ -235,24 +421,6 @@ def test_lines_longer_than_max_length_are_packed_not_rejected(tiny_bert, tmp_pat
                          "--sampler", "uniform", "--max_train_steps", 3, "--meta_length", 2, "--output_dir", out])
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.safetensors").is_file()
-
-
-def test_push_to_hub_uploads_the_output_without_checkpoints_or_token(tiny_bert, english_corpus, tmp_path, capsys, caplog):
-    module = load_script()
-    out = tmp_path / "hub"
-    with mock.patch("huggingface_hub.HfApi") as api_class:
-        api_class.return_value.create_repo.return_value = "https://huggingface.co/org/mometas-tiny"
-        module.main([str(a) for a in ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *FAST,
-                                      "--objectives", "mlm,cse", "--sampler", "uniform", "--max_train_steps", 4,
-                                      "--meta_length", 2, "--checkpointing_steps", 2, "--output_dir", out,
-                                      "--push_to_hub", "--hub_model_id", "org/mometas-tiny", "--hub_token", SECRET]])
-    api_class.assert_called_with(token=SECRET)
-    upload = api_class.return_value.upload_folder.call_args.kwargs
-    assert upload["repo_id"] == "org/mometas-tiny" and Path(upload["folder_path"]) == out
-    assert "step_*" in upload["ignore_patterns"]
-    captured = capsys.readouterr()
-    assert SECRET not in captured.out + captured.err + caplog.text
-    assert SECRET not in (out / "README.md").read_text() + (out / "mometas_args.json").read_text()
 
 
 def test_demo_defaults_and_explicit_flags_win(tmp_path, minilm):
@@ -272,3 +440,35 @@ def test_demo_runs_end_to_end_on_the_real_checkpoint(tmp_path):
     assert [r["step"] for r in rows] == [0, 5, 10]
     assert rows[-1]["probabilities"] != rows[0]["probabilities"], "MOMETAS moved the distribution"
     assert "average" in result.stdout and (out / "average_weights.png").is_file()
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "site-packages" not in card and str(tmp_path) not in card
+
+
+def test_copy_one_script_runs_with_an_installed_library(tiny_bert, english_corpus, tmp_path):
+    """The script alone in an empty folder, the library from an installed copy, the repository nowhere on the path."""
+    site, work, source = tmp_path / "site", tmp_path / "work", tmp_path / "source"
+    work.mkdir()
+    # Install from a copy of what the repository tracks for the package, so the build leaves nothing in the tree.
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "mometas_utils", source / "mometas_utils", ignore=shutil.ignore_patterns("__pycache__"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                              "--target", str(site), str(source)], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path)
+    assert install.returncode == 0, install.stderr[-3000:]
+    script = Path(shutil.copy(SCRIPT, work / "run_mometas_pretraining.py"))
+    env = script_env(PYTHONPATH=str(site))
+    code = ("import os, sys, mometas_utils; print(mometas_utils.__file__); "
+            "print(any(os.path.realpath(p or '.') == os.path.realpath(sys.argv[1]) for p in sys.path))")
+    probe = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=work, env=env, capture_output=True, text=True)
+    assert probe.stdout.split() == [str(site / "mometas_utils" / "__init__.py"), "False"], probe.stderr
+    help_ = run_script(["--help"], env=env, script=script, cwd=work, timeout=120)
+    assert help_.returncode == 0 and "--model_name_or_path" in help_.stdout, help_.stderr[-2000:]
+    result = run_script(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
+                         "--max_train_steps", 2, "--output_dir", "out"], env=env, script=script, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (work / "out" / "model.safetensors").is_file() and sorted(p.name for p in work.iterdir()) == [
+        "out", "run_mometas_pretraining.py"]
+    print(f"copy-one-script: mometas_utils from {probe.stdout.split()[0]}; --help {len(help_.stdout.splitlines())} "
+          f"lines; a 2-step run in {work} wrote {len(list((work / 'out').iterdir()))} files")
