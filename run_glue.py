@@ -347,7 +347,7 @@ def check_output_dir(args):
     if args.overwrite_output_dir and held:
         for flag in ("train_file", "validation_file", "validation_mismatched_file", "test_file",
                      "model_name_or_path", "config_name", "tokenizer_name"):  # fmt: skip
-            value = getattr(args, flag)
+            value = getattr(args, flag, None)
             if value and os.path.exists(value) and is_inside(value, out):
                 raise InputError(f"--overwrite_output_dir would delete --{flag} {value}, which is inside "
                                  f"--output_dir {out}; move it out or choose another --output_dir")  # fmt: skip
@@ -553,7 +553,7 @@ def load_data_file(path, flag, task, args):
     lines = text.splitlines()
     if kind == "csv":
         header = next(csv.reader([next(line for line in lines if line.strip())]))
-        options, where = {}, None
+        options, where = {"encoding": "utf-8-sig"}, None
     else:
         # pandas skips lines that are empty or hold only spaces; rows are the other lines, one each.
         numbers = [n for n, line in enumerate(lines, 1) if "\t" in line or line.strip()]
@@ -572,7 +572,7 @@ def load_data_file(path, flag, task, args):
             if found > len(header):
                 raise InputError(f"--{flag} {path}: line {number_}: {found} tab-separated fields, but the "
                                  f"{'header has' if has_header else 'first line has'} {len(header)}")  # fmt: skip
-        options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}  # MRPC and others hold bare '"'
+        options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "encoding": "utf-8-sig"}  # MRPC holds bare '"'
         if not has_header:
             options["column_names"] = header
         where = [f"line {n}" for n in numbers[1 if has_header else 0 :]]
@@ -1075,7 +1075,8 @@ def run(args, hub_token):
         pad_to = 8 if accelerator.mixed_precision in ("fp16", "bf16") else None
         data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to)
     eval_dataloaders = {
-        name: DataLoader(processed[name], collate_fn=data_collator, batch_size=args.per_device_eval_batch_size)
+        name: DataLoader(processed[name], collate_fn=data_collator, batch_size=args.per_device_eval_batch_size,
+                         generator=torch.Generator())  # fmt: skip
         for name in eval_splits + (["test"] if "test" in splits else [])
     }
 
@@ -1106,9 +1107,12 @@ def run(args, hub_token):
     completed_steps, epoch = 0, -1
     results, predictions = {}, {}
     if do_train:
+        # Own generators for every DataLoader: starting one draws a seed from its generator, and a draw
+        # from the global one would shift the dropout masks of a resumed run against an uninterrupted one.
         train_dataloader = DataLoader(
-            processed["train"], shuffle=True, collate_fn=data_collator, batch_size=args.per_device_train_batch_size
-        )
+            processed["train"], shuffle=True, collate_fn=data_collator, batch_size=args.per_device_train_batch_size,
+            generator=torch.Generator().manual_seed(args.seed),
+        )  # fmt: skip
         # No weight decay on biases and LayerNorm weights.
         no_decay = ["bias", "LayerNorm.weight", "layer_norm.weight"]
         optimizer_grouped_parameters = [
