@@ -149,6 +149,11 @@ class RunFailed(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1e-5" for a flag; read it as a (negative) number so the type check can refuse it.
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
     def error(self, message):
         # argparse prints the whole usage first; keep bad flags to one line like every other input error.
         print(f"error: {message} (see --help)", file=sys.stderr)
@@ -177,6 +182,8 @@ def number(kind, low=None, *, above=False, below=None):
 def checkpointing_steps(text):
     if text.strip().lower() == "epoch":
         return "epoch"
+    if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        raise argparse.ArgumentTypeError(f"expected a number of updates or 'epoch', got {text!r}")
     return number(int, 1)(text)
 
 
@@ -658,7 +665,7 @@ def load_splits(args, task):
         for split, (flag, path) in files.items():
             if path is not None:
                 dataset, where = load_data_file(path, flag, task, args)
-                loaded[split] = (dataset, path, where)
+                loaded[split] = (dataset, f"--{flag} {path}", where)
     else:
         name, config = (args.dataset_name, args.dataset_config_name) if args.dataset_name else task.hub
         try:
@@ -682,7 +689,8 @@ def load_splits(args, task):
         for role in ("sentence1", "sentence2"):
             feature = dataset.features[columns[role]] if columns[role] else None
             if feature is not None and getattr(feature, "dtype", None) not in ("string", "large_string"):
-                raise InputError(f"{source}: column {columns[role]!r} ({role}) holds {feature}, expected text")
+                kind = getattr(feature, "dtype", type(feature).__name__.lower())
+                raise InputError(f"{source}: column {columns[role]!r} ({role}) holds {kind}, expected text")
         splits[split] = Split(dataset, source, columns, where)
     return splits
 

@@ -98,6 +98,11 @@ class RunFailed(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1e-5" for a flag; read it as a (negative) number so the type check can refuse it.
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
     def error(self, message):
         # argparse prints the whole usage first; keep bad flags to one line like every other input error.
         print(f"error: {message} (see --help)", file=sys.stderr)
@@ -126,6 +131,8 @@ def number(kind, low=None, *, above=False, below=None):
 def checkpointing_steps(text):
     if text.strip().lower() == "epoch":
         return "epoch"
+    if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        raise argparse.ArgumentTypeError(f"expected a number of updates or 'epoch', got {text!r}")
     return number(int, 1)(text)
 
 

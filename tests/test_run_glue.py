@@ -60,8 +60,8 @@ def test_sst2_end_to_end(tmp_path):
     proc = run_script(
         "run_glue.py", "--model_name_or_path", minilm_path(), "--task_name", "sst2",
         "--train_file", train, "--validation_file", dev, "--test_file", dev,
-        "--max_train_samples", "480", "--max_eval_samples", "200", "--max_predict_samples", "20",
-        "--max_length", "48", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "100",
+        "--max_train_samples", "640", "--max_eval_samples", "200", "--max_predict_samples", "20",
+        "--max_length", "64", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "100",
         "--learning_rate", "1e-4", "--warmup_ratio", "0.1", "--num_train_epochs", "2",
         "--output_dir", tmp_path / "out",
     )  # fmt: skip
@@ -104,7 +104,7 @@ def test_stsb_regression_end_to_end(tmp_path):
     proc = run_script(
         "run_glue.py", "--model_name_or_path", minilm_path(), "--task_name", "stsb",
         "--train_file", train, "--validation_file", dev,
-        "--max_train_samples", "480", "--max_eval_samples", "200", "--max_length", "48",
+        "--max_train_samples", "640", "--max_eval_samples", "200", "--max_length", "64",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "100",
         "--learning_rate", "1e-4", "--warmup_ratio", "0.1", "--num_train_epochs", "3",
         "--output_dir", tmp_path / "out",
@@ -518,7 +518,7 @@ def test_bad_inputs_through_the_command_line(tiny_ft_model, tmp_path):
     proc = run_script("run_glue.py", *tiny_args(tiny_ft_model, train, train, tmp_path / "o", "--task_name", "mrpc"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert [x for x in proc.stderr.splitlines() if x.startswith("error: ")] == [
-        f"error: {train}: no sentence1 column for --task_name mrpc (looked for '#1 String', 'sentence1'); its columns "
+        f"error: --train_file {train}: no sentence1 column for --task_name mrpc (looked for '#1 String', 'sentence1'); its columns "
         "are label, sentence. Expected a header row: Quality, #1 ID, #2 ID, #1 String, #2 String, or set --sentence1_key"
     ]
 
