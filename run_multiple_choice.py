@@ -161,7 +161,7 @@ def parse_args(argv=None):
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", type=str, required=True,
-                       help="A local BERT folder (e.g. run_mometas_pretraining.py's output) or a Hub model id.")
+                       help="Required. A local BERT folder (e.g. run_mometas_pretraining.py's output) or a Hub model id.")
     model.add_argument("--config_name", type=str, default=None, help="Config name or path, if not the model's.")
     model.add_argument("--tokenizer_name", type=str, default=None, help="Tokenizer name or path, if not the model's.")
     model.add_argument("--use_slow_tokenizer", action="store_true", help="Use a slow (Python) tokenizer.")
@@ -927,8 +927,10 @@ def run(args, hub_token):
         ]  # fmt: skip
         optimizer = torch.optim.AdamW(optimizer_grouped_parameters, lr=args.learning_rate)
 
-        # Scheduler and math around the number of training steps.
-        num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+        # Scheduler and math around the number of training steps. Once prepared, the DataLoader gives
+        # each process every num_processes-th batch (the last ones padded to a full round).
+        batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
+        num_update_steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
         if args.max_train_steps is None:
             args.max_train_steps = args.num_train_epochs * num_update_steps_per_epoch
         else:

@@ -85,3 +85,12 @@ def test_a_copied_script_runs_alone(script, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert {"config.json", "model.safetensors", "all_results.json", "README.md", "step_1"} <= {p.name for p in (alone / "out").iterdir()}
     assert sorted(p.name for p in alone.iterdir()) == ["out", script]
+
+
+@pytest.mark.parametrize("script", list(CASES))
+def test_every_flag_has_a_help_line(script):
+    calls = [node for node in ast.walk(ast.parse((REPO_ROOT / script).read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"]  # fmt: skip
+    assert len(calls) > 30
+    missing = [c.args[0].value for c in calls if not any(k.arg == "help" and k.value for k in c.keywords)]
+    assert not missing, missing

@@ -406,6 +406,26 @@ def test_card_names_a_hub_base_model(tiny_ft_model, tmp_path, monkeypatch):
     assert "base_model: google-bert/bert-base-uncased" in card and "| eval_accuracy | n/a |" in card
 
 
+def test_a_refused_repo_stops_the_run_before_training(tiny_ft_model, tmp_path, monkeypatch):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    train = write_sst2_tsv(tmp_path / "train.tsv", 8)
+    out = tmp_path / "out"
+    patch, api = fake_hub()
+    import httpx
+
+    response = httpx.Response(403, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
+    api.create_repo.side_effect = HfHubHTTPError("403 Forbidden: You don't have the rights to create a model under "
+                                                 "the namespace 'google'", response=response)  # fmt: skip
+    with patch:
+        code, err = run_main(run_glue.main, tiny_args(tiny_ft_model, train, train, out, "--checkpointing_steps", "1",
+                                                      "--push_to_hub", "--hub_model_id", "google/bert", "--hub_token", "hf_Tok"))  # fmt: skip
+    one_error_line(code, err, "--push_to_hub", "'google/bert'", "403 Forbidden")
+    assert "hf_Tok" not in err and not list(out.iterdir())  # nothing trained, nothing written
+    api.upload_folder.assert_not_called()
+
+
 def test_hf_token_env_is_used_and_not_saved(tiny_ft_model, tmp_path, monkeypatch):
     secret = "hf_EnvironmentToken456"
     monkeypatch.setenv("HF_TOKEN", secret)
