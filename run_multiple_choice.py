@@ -1,134 +1,859 @@
 #!/usr/bin/env python
-"""Fine-tune a BERT checkpoint on multiple-choice data (DREAM, αNLI, SWAG-style) with 🤗 Accelerate.
+"""Fine-tune a BERT encoder on multiple-choice data (DREAM, αNLI, SWAG-style) with 🤗 Accelerate.
 
-The shape of transformers' ``examples/pytorch/multiple-choice/run_swag_no_trainer.py``: one
-flat loop, evaluation after every epoch. Data in the original formats:
+The shape of transformers' ``examples/pytorch/multiple-choice/run_swag_no_trainer.py``: one flat
+script that imports only installed packages, so it can be copied alone and changed. Data in the
+original formats:
 
-* DREAM's JSON (a list of ``[turns, questions, dialogue_id]``): one example per question, the
-  dialogue turns joined as the context, each choice encoded as ``(dialogue, question + choice)``,
-  the label the index of the ``answer`` text among the choices;
+* DREAM's JSON (a list of ``[turns, questions, dialogue_id]``): one example per question; choice
+  *i* is encoded as ``(dialogue, question + choice_i)``, the label is the position of the
+  ``answer`` text among the choices;
 * αNLI JSON lines (``observation_1``, ``observation_2``, ``hypothesis_1``, ``hypothesis_2``,
-  ``label`` 1 or 2): each choice is ``(observation_1, hypothesis_i + observation_2)``;
-* SWAG-style CSV/JSON (``sent1``, ``sent2``, ``ending0`` … ``endingN``, ``label``).
+  ``label`` 1 or 2): choice *i* is ``(observation_1, hypothesis_i + observation_2)``;
+* SWAG-style CSV/JSON (``sent1``, ``sent2``, ``ending0`` ... ``endingN``, ``label``).
 
-The number of choices comes from the data. Metric: accuracy. Shared plumbing lives in
-``mometas_utils/finetuning.py``, the readers in ``mometas_utils/finetune_data.py``.
+The number of choices comes from the data. Metric: accuracy. ``--hparams paper`` gives the
+paper's settings (Table 7) for DREAM and αNLI. Atomic checkpoints, ``--resume_from_checkpoint
+PATH|latest`` that refuses to continue with settings that change the batches,
+``--checkpoints_total_limit``; a non-finite loss stops the run; bad input ends in one line
+``error: ...`` and exit code 2, before any training.
+
+Reference: docs/finetuning.md; every error: docs/errors.md.
 """
 
 import argparse
+import hashlib
+import json
+import logging
 import math
 import os
+import random
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+import transformers
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from sklearn.metrics import accuracy_score
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
+    AutoConfig,
     AutoModelForMultipleChoice,
     AutoTokenizer,
     DataCollatorForMultipleChoice,
     default_data_collator,
     get_scheduler,
 )
-
-from mometas_utils import finetune_data as fd
-from mometas_utils import finetuning as ft
-from mometas_utils.errors import MometasInputError
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 logger = get_logger(__name__)
 
+# The MOMETAS paper's fine-tuning settings (Wu et al., EMNLP 2022 Findings, Table 7). The batch
+# size is the total one, split over processes and accumulation steps; weight decay is 0.01.
+PAPER_HPARAMS = {
+    #        batch  lr   max_length  warmup  epochs
+    "dream": (16, 3e-5, 128, 0.06, 6),
+    "anli":  (64, 5e-5, 128, 0.06, 3),
+}  # fmt: skip
+PAPER_WEIGHT_DECAY = 0.01
+FORMATS = ("auto", "dream", "anli", "swag")
+EXPECTED = ("expected DREAM JSON (a list of [turns, questions, id]), αNLI JSON lines (observation_1, observation_2, "
+            "hypothesis_1, hypothesis_2, label) or SWAG-style columns (sent1, sent2, ending0..endingN, label)")  # fmt: skip
+HUB_DATASETS = {"dream": "dataset-org/dream", "anli": "allenai/art"}
+
+CHECKPOINT_RE = re.compile(r"^(step|epoch)_(\d+)$")
+CHECKPOINT_STATE = "mometas_state.json"  # written last: a step_N/epoch_N folder without it is not complete
+HUB_IGNORE_PATTERNS = ["step_*", "epoch_*", ".tmp_*", ".trash_*"]
+SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Settings that change which examples make up which batch, or their tokens: a checkpoint can only be
+# continued with the same ones (unless --allow_config_change).
+RESUME_SETTINGS = (
+    "train_data", "dataset_name", "dataset_config_name", "dataset_format", "max_train_samples", "model",
+    "tokenizer_name", "use_slow_tokenizer", "max_length", "pad_to_max_length", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "num_processes", "seed",
+)  # fmt: skip
+CARD_SETTINGS = ("dataset_format", "hparams", "learning_rate", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "num_train_epochs", "max_train_steps", "lr_scheduler_type",
+                 "num_warmup_steps", "warmup_ratio", "weight_decay", "max_length", "seed")  # fmt: skip
+
+
+class InputError(Exception):
+    """A problem with the command line, the data or the folders: one line, exit code 2."""
+
+
+class RunFailed(Exception):
+    """The run started but cannot finish correctly (non-finite loss, failed push): exit code 1."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1e-5" for a flag; read it as a (negative) number so the type check can refuse it.
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+    def error(self, message):
+        # argparse prints the whole usage first; keep bad flags to one line like every other input error.
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def number(kind, low=None, *, above=False, below=None):
+    """An argparse type: an int or a finite float within bounds."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and (value <= low if above else value < low):
+            raise argparse.ArgumentTypeError(f"expected a number {'>' if above else '>='} {low}, got {text!r}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"expected a number < {below}, got {text!r}")
+        return value
+
+    return parse
+
+
+def checkpointing_steps(text):
+    if text.strip().lower() == "epoch":
+        return "epoch"
+    if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        raise argparse.ArgumentTypeError(f"expected a number of updates or 'epoch', got {text!r}")
+    return number(int, 1)(text)
+
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Fine-tune a BERT encoder on a multiple-choice task.", allow_abbrev=False
+    parser = ArgumentParser(
+        description="Fine-tune a BERT encoder on a multiple-choice task.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
-    parser.add_argument(
-        "--dataset_format",
-        type=str,
-        default="auto",
-        choices=list(fd.MC_FORMATS),
-        help="Format of the local files; 'auto' tells DREAM JSON, αNLI JSON lines and SWAG-style columns apart.",
-    )
-    ft.add_common_arguments(parser, max_length_aliases=["--max_seq_length"])
-    args = ft.parse_args_tracking_explicit(parser, argv)
-    ft.validate_common_args(args)
-    if args.dataset_name is None and args.train_file is None and args.validation_file is None and args.test_file is None:
-        raise MometasInputError("need --dataset_name or local --train_file/--validation_file")
-    return args
+    data = parser.add_argument_group("data")
+    data.add_argument("--train_file", type=str, default=None,
+                      help="Training data: DREAM .json, αNLI .jsonl, or SWAG-style .csv/.json/.jsonl.")
+    data.add_argument("--validation_file", type=str, default=None, help="Validation data, same formats.")
+    data.add_argument("--test_file", type=str, default=None, help="Test data; labels are optional.")
+    data.add_argument("--dataset_format", type=str, default="auto", choices=list(FORMATS),
+                      help="Format of the data; 'auto' tells DREAM, αNLI and SWAG-style apart.")
+    data.add_argument("--dataset_name", type=str, default=None, help="A Hub dataset instead of files (needs a network).")
+    data.add_argument("--dataset_config_name", type=str, default=None, help="The configuration of --dataset_name.")
+    data.add_argument("--max_train_samples", type=number(int, 1), default=None, help="Keep the first N training examples.")
+    data.add_argument("--max_eval_samples", type=number(int, 1), default=None, help="Keep the first N validation examples.")
+    data.add_argument("--max_predict_samples", type=number(int, 1), default=None, help="Keep the first N test examples.")
+    data.add_argument("--max_length", "--max_seq_length", dest="max_length", type=number(int, 1), default=128,
+                      help="Maximum tokenized length of each (context, choice) pair; the longer text is cut first.")
+    data.add_argument("--pad_to_max_length", action="store_true",
+                      help="Pad every input to --max_length instead of padding each batch to its longest.")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", type=str, required=True,
+                       help="Required. A local BERT folder (e.g. run_mometas_pretraining.py's output) or a Hub model id.")
+    model.add_argument("--config_name", type=str, default=None, help="Config name or path, if not the model's.")
+    model.add_argument("--tokenizer_name", type=str, default=None, help="Tokenizer name or path, if not the model's.")
+    model.add_argument("--use_slow_tokenizer", action="store_true", help="Use a slow (Python) tokenizer.")
+    model.add_argument("--trust_remote_code", action="store_true",
+                       help="Allow custom model code from the model's folder or repo.")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--per_device_train_batch_size", type=number(int, 1), default=8, help="Training batch size per device.")
+    train.add_argument("--per_device_eval_batch_size", type=number(int, 1), default=8, help="Evaluation batch size per device.")
+    train.add_argument("--learning_rate", type=number(float, 0, above=True), default=5e-5, help="Peak learning rate (after warmup).")
+    train.add_argument("--weight_decay", type=number(float, 0), default=0.0, help="AdamW weight decay (not on biases and LayerNorm).")
+    train.add_argument("--num_train_epochs", type=number(int, 1), default=3, help="Number of training epochs.")
+    train.add_argument("--max_train_steps", type=number(int, 1), default=None,
+                       help="Total number of optimizer updates; overrides --num_train_epochs.")
+    train.add_argument("--gradient_accumulation_steps", type=number(int, 1), default=1,
+                       help="Batches accumulated (accelerator.accumulate) into one update.")
+    train.add_argument("--lr_scheduler_type", type=str, default="linear", choices=SCHEDULERS, help="Learning-rate schedule.")
+    train.add_argument("--num_warmup_steps", type=number(int, 0), default=0, help="Warmup updates; wins over --warmup_ratio if > 0.")
+    train.add_argument("--warmup_ratio", type=number(float, 0, below=1), default=0.0,
+                       help="Warmup as a proportion of all updates (the paper's 'warmup proportion').")
+    train.add_argument("--seed", type=number(int, 0, below=2**32), default=42,
+                       help="Seed for the classifier's initialisation, dropout and data order.")
+    train.add_argument("--hparams", type=str, default=None, choices=["paper"],
+                       help="'paper': the MOMETAS paper's settings (Table 7) for DREAM or αNLI data; flags you type win.")
+    train.add_argument("--skip_nonfinite_steps", type=number(int, 0), default=0,
+                       help="Skip up to N updates whose loss is not finite; one more stops the run.")
+
+    out = parser.add_argument_group("output and checkpoints")
+    out.add_argument("--output_dir", type=str, default=None, help="Where the model, results and checkpoints go.")
+    out.add_argument("--overwrite_output_dir", action="store_true",
+                     help="Replace the run in --output_dir: all of it, checkpoints included, once the inputs are valid.")
+    out.add_argument("--checkpointing_steps", type=checkpointing_steps, default=None,
+                     help="Save a resumable checkpoint every N updates, or 'epoch' after each epoch.")
+    out.add_argument("--checkpoints_total_limit", type=number(int, 1), default=None,
+                     help="Keep at most N checkpoints: the oldest complete ones are deleted.")
+    out.add_argument("--resume_from_checkpoint", type=str, default=None,
+                     help="A step_N/epoch_N folder, or 'latest': the newest complete checkpoint in --output_dir.")
+    out.add_argument("--allow_config_change", action="store_true",
+                     help="Resume even if settings that change the batches (seed, batch size, data, ...) differ.")
+    out.add_argument("--with_tracking", action="store_true", help="Log metrics to the trackers of --report_to.")
+    out.add_argument("--report_to", type=str, default="all",
+                     help="Trackers for --with_tracking: tensorboard, wandb, comet_ml, clearml, mlflow, ... or 'all'.")
+
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="Upload the final model folder (checkpoints excluded).")
+    hub.add_argument("--hub_model_id", type=str, default=None, help="Repo name or id; default: the name of --output_dir.")
+    hub.add_argument("--hub_token", type=str, default=None, help="Hub token (or set HF_TOKEN); never logged or saved.")
+    hub.add_argument("--hub_private_repo", action="store_true", help="Create the repo as private.")
+    hub.add_argument("--hub_strategy", type=str, default="end", choices=["end", "every_save"],
+                     help="'end': upload once at the end; 'every_save': also after each checkpoint, in the background.")
+
+    args, _ = parser.parse_known_args(argv)
+    if args.hparams == "paper":
+        validate_args(args)  # the format below is read from the data
+        fmt = args.dataset_format if args.dataset_format != "auto" else data_format(args)
+        if fmt not in PAPER_HPARAMS:
+            parser.error(f"--hparams paper has settings for DREAM and αNLI only, not {fmt}")
+        batch, lr, max_length, warmup, epochs = PAPER_HPARAMS[fmt]
+        per_device = max(1, batch // (PartialState().num_processes * args.gradient_accumulation_steps))
+        parser.set_defaults(per_device_train_batch_size=per_device, learning_rate=lr, max_length=max_length,
+                            warmup_ratio=warmup, num_train_epochs=epochs, weight_decay=PAPER_WEIGHT_DECAY)  # fmt: skip
+    args = parser.parse_args(argv)
+    hub_token = args.hub_token or os.environ.get("HF_TOKEN") or None
+    del args.hub_token  # from here on, args can be logged, saved and sent to trackers
+    validate_args(args)
+    return args, hub_token
+
+
+def data_format(args):
+    """The format of the first data file (or the Hub dataset's name)."""
+    for flag in ("train_file", "validation_file", "test_file"):
+        path = getattr(args, flag)
+        if path is not None:
+            return read_file(path, flag, "test", "auto")[0]
+    name = (args.dataset_name or "").lower()
+    return "dream" if "dream" in name else "anli" if "art" in name.split("/")[-1] else "swag"
+
+
+def validate_args(args):
+    for flag in ("train_file", "validation_file", "test_file"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            raise InputError(f"--{flag} {path}: {'is a folder' if os.path.isdir(path) else 'no such file'}; expected a data file")
+    has_files = any((args.train_file, args.validation_file, args.test_file))
+    if has_files and args.dataset_name is not None:
+        raise InputError("give --dataset_name or local files (--train_file, ...), not both")
+    if not has_files and args.dataset_name is None:
+        raise InputError("need --train_file, --validation_file or --test_file, or --dataset_name")
+    if args.output_dir is None:
+        for flag in ("checkpointing_steps", "resume_from_checkpoint", "push_to_hub", "overwrite_output_dir"):
+            if getattr(args, flag):
+                raise InputError(f"--{flag} needs --output_dir")
+    if args.hub_model_id is not None or args.push_to_hub:
+        name = args.hub_model_id or Path(args.output_dir).absolute().name
+        try:
+            validate_repo_id(name)
+        except HFValidationError as err:
+            flag = "--hub_model_id" if args.hub_model_id else "--push_to_hub (the repo is named after --output_dir)"
+            raise InputError(f"{flag}: {name!r} is not a valid Hub repo id: {one_line(err)}") from None
+
+
+def one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder belongs to one run
+# ---------------------------------------------------------------------------------------------
+def check_output_dir(args):
+    """Refuse a folder that is a file, not writable, or holds another run; find the checkpoint to resume."""
+    out = args.output_dir
+    if out is None:
+        return None
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--output_dir {out}: is a file; expected a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write_test_{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise InputError(f"--output_dir {out}: cannot write there ({err.strerror or one_line(err)})") from None
+    held = sorted(n for n in os.listdir(out) if not n.startswith(".write_test_"))
+    checkpoint = None
+    if args.resume_from_checkpoint is not None:
+        checkpoint = find_checkpoint(args.resume_from_checkpoint, out)
+        inside = os.path.realpath(os.path.dirname(os.path.abspath(checkpoint))) == os.path.realpath(out)
+        if held and not inside:
+            raise InputError(f"--output_dir {out} holds another run ({', '.join(held[:4])}) and "
+                             f"--resume_from_checkpoint {checkpoint} is not in it; continue the run in its own "
+                             "--output_dir, or resume into an empty one")  # fmt: skip
+    elif held and not args.overwrite_output_dir:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise InputError(f"--output_dir {out} already holds a run ({shown}); pass --overwrite_output_dir to replace it "
+                         "(everything in it is deleted) or --resume_from_checkpoint latest to continue it")  # fmt: skip
+    if args.overwrite_output_dir and held:
+        for flag in ("train_file", "validation_file", "test_file",
+                     "model_name_or_path", "config_name", "tokenizer_name"):  # fmt: skip
+            value = getattr(args, flag, None)
+            if value and os.path.exists(value) and is_inside(value, out):
+                raise InputError(f"--overwrite_output_dir would delete --{flag} {value}, which is inside "
+                                 f"--output_dir {out}; move it out or choose another --output_dir")  # fmt: skip
+    return checkpoint
+
+
+def is_inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def clear_output_dir(out):
+    """Delete everything of the previous run; entries are renamed away first so none is left half deleted."""
+    trash = os.path.join(out, f".trash_{os.getpid()}")
+    os.makedirs(trash, exist_ok=True)
+    for name in os.listdir(out):
+        if name != os.path.basename(trash):
+            os.replace(os.path.join(out, name), os.path.join(trash, name))
+    shutil.rmtree(trash)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: step_N/ or epoch_N/ with accelerator.save_state files and a state file written last
+# ---------------------------------------------------------------------------------------------
+def list_checkpoints(output_dir):
+    """Folders named step_N/epoch_N holding a state file, as (completed_steps, path), oldest first."""
+    found = []
+    for entry in os.scandir(output_dir) if output_dir and os.path.isdir(output_dir) else []:
+        state_file = os.path.join(entry.path, CHECKPOINT_STATE)
+        if entry.is_dir() and CHECKPOINT_RE.match(entry.name) and os.path.isfile(state_file):
+            try:
+                steps = int(json.loads(Path(state_file).read_text())["completed_steps"])
+            except (ValueError, KeyError, TypeError):
+                steps = int(CHECKPOINT_RE.match(entry.name).group(2)) if entry.name.startswith("step_") else -1
+            found.append((steps, entry.name, entry.path))
+    return [(steps, path) for steps, _, path in sorted(found)]
+
+
+def find_checkpoint(value, output_dir):
+    if value == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise InputError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}; "
+                             "drop the flag to start a new run")  # fmt: skip
+        return found[-1][1]
+    if not os.path.isdir(value):
+        raise InputError(f"--resume_from_checkpoint {value}: {'is a file' if os.path.exists(value) else 'no such folder'}; "
+                         "expected a step_N or epoch_N checkpoint folder, or 'latest'")  # fmt: skip
+    if not os.path.isfile(os.path.join(value, CHECKPOINT_STATE)):
+        raise InputError(f"--resume_from_checkpoint {value}: not a complete checkpoint (no {CHECKPOINT_STATE})")
+    return value
+
+
+def read_checkpoint_state(checkpoint):
+    """The state file, after checking that every file still has the size it was saved with."""
+    try:
+        state = json.loads(Path(checkpoint, CHECKPOINT_STATE).read_text())
+        int(state["completed_steps"]), dict(state["files"]), dict(state["settings"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"--resume_from_checkpoint {checkpoint}: {CHECKPOINT_STATE} is damaged ({one_line(err)}); "
+                         "resume from another checkpoint") from None  # fmt: skip
+    for name, size in state["files"].items():
+        path = os.path.join(checkpoint, name)
+        actual = os.path.getsize(path) if os.path.isfile(path) else None
+        if actual != size:
+            found = "missing" if actual is None else f"{actual} bytes, saved with {size}"
+            raise InputError(f"--resume_from_checkpoint {checkpoint}: {name} is damaged ({found}); "
+                             "resume from another checkpoint")  # fmt: skip
+    return state
+
+
+def file_digest(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resume_settings(args, num_processes):
+    """What a checkpoint must share with the run that continues it (RESUME_SETTINGS)."""
+    settings = {key: getattr(args, key, None) for key in RESUME_SETTINGS}
+    settings["train_data"] = file_digest(args.train_file) if args.train_file else None
+    model = args.model_name_or_path
+    settings["model"] = os.path.realpath(model) if os.path.exists(model) else model
+    settings["num_processes"] = num_processes
+    return settings
+
+
+def compare_settings(checkpoint, saved, current):
+    differences = [
+        f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in RESUME_SETTINGS if saved.get(key) != current[key]
+    ]
+    if differences:
+        raise InputError(f"--resume_from_checkpoint {checkpoint} was saved with other settings that change the "
+                         f"batches: {'; '.join(differences)}; run with the checkpoint's settings, or pass "
+                         "--allow_config_change to continue anyway")  # fmt: skip
+
+
+def fsync_file(path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(accelerator, output_dir, name, state):
+    """accelerator.save_state into .tmp_<name>, the state file last, then one rename: a kill leaves no half checkpoint."""
+    final, tmp = os.path.join(output_dir, name), os.path.join(output_dir, f".tmp_{name}")
+    if accelerator.is_main_process and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        files = {}
+        for path in sorted(Path(tmp).rglob("*")):
+            if path.is_file():
+                fsync_file(path)
+                files[str(path.relative_to(tmp))] = path.stat().st_size
+        write_json(os.path.join(tmp, CHECKPOINT_STATE), {**state, "files": files})
+        if os.path.exists(final):  # the same name again: keep one complete copy at every instant
+            trash = os.path.join(output_dir, f".trash_{name}")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def delete_checkpoints(paths):
+    for path in paths:
+        trash = os.path.join(os.path.dirname(path), f".trash_{os.path.basename(path)}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)  # a killed rmtree must not leave a folder that still looks complete
+        shutil.rmtree(trash)
+
+
+def read_text(path, flag):
+    """The file's text, checked to be UTF-8 (the loaders would fail with a traceback)."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise InputError(f"--{flag} {path}: line {line}: not UTF-8 (byte 0x{raw[err.start]:02x}); "
+                         "save the file as UTF-8") from None  # fmt: skip
+    if not text.strip():
+        raise InputError(f"--{flag} {path}: the file is empty")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: DREAM's JSON (read here), αNLI and SWAG-style rows (datasets' json/csv loaders)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Split:
+    examples: list  # {"idx", "first": [str] * n, "second": [str] * n, "label": int or None, "where"}
+    source: str  # the flag and file, or "name[split]", for messages
+
+
+def read_file(path, flag, split, fmt):
+    """(format, examples) of one data file."""
+    source = f"--{flag} {path}"
+    text = read_text(path, flag)
+    lower = path.lower()
+    if lower.endswith(".json") and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{source}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if data and isinstance(data[0], list):
+            if fmt not in ("auto", "dream"):
+                raise InputError(f"{source}: this is DREAM JSON, not --dataset_format {fmt}")
+            return "dream", dream_examples(data, source, split)
+    if not lower.endswith((".json", ".jsonl", ".csv")):
+        raise InputError(f"{source}: unknown file type; {EXPECTED}")
+    loader, options = ("csv", {"keep_default_na": False, "na_filter": False, "encoding": "utf-8-sig"}) if lower.endswith(".csv") else ("json", {})
+    try:
+        table = datasets.load_dataset(loader, data_files={"data": path}, split="data", **options)
+    except Exception as err:  # pyarrow's, pandas' and json's errors name neither file nor flag
+        raise InputError(f"{source}: cannot be read as {loader.upper()} ({one_line(err.__cause__ or err)})") from None
+    lines = [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if loader == "json" and not text.lstrip().startswith("[") and len(lines) == len(table):
+        where = [f"line {n}" for n in lines]
+    else:
+        where = [f"row {i + 1}" for i in range(len(table))]
+    return rows_to_examples(table, source, where, split, fmt)
+
+
+def rows_to_examples(table, source, where, split, fmt):
+    columns = set(table.column_names)
+    if fmt == "auto":
+        fmt = ("anli" if "observation_1" in columns else "swag" if "ending0" in columns
+               else "dream" if {"dialogue", "choice"} <= columns else None)  # fmt: skip
+        if fmt is None:
+            raise InputError(f"{source}: cannot tell the format from its columns ({', '.join(sorted(columns))}); {EXPECTED}")
+    build = {"anli": anli_example, "swag": swag_example, "dream": dream_row_example}[fmt]
+    return fmt, [build(row, f"{source}: {where[i]}", split, i) for i, row in enumerate(table.to_list())]
+
+
+def dream_examples(data, source, split):
+    examples = []
+    for number, item in enumerate(data, 1):
+        if not (isinstance(item, list) and len(item) >= 2 and isinstance(item[0], list) and isinstance(item[1], list)):
+            raise InputError(f"{source}: dialogue {number}: {EXPECTED}")
+        dialogue_id = item[2] if len(item) > 2 else str(number)
+        context = " ".join(str(turn) for turn in item[0])
+        for q_number, question in enumerate(item[1]):
+            examples.append(dream_question(context, question, f"{dialogue_id}-{q_number}", f"{source}: dialogue {dialogue_id!r}", split))
+    return examples
+
+
+def dream_row_example(row, where, split, number):
+    """One question of a Hub DREAM row: dialogue, question, choice, answer."""
+    context = " ".join(row["dialogue"]) if isinstance(row["dialogue"], list) else str(row["dialogue"])
+    return dream_question(context, row, str(row.get("id", number)), where, split)
+
+
+def dream_question(context, question, idx, where, split):
+    if not isinstance(question, dict) or "question" not in question or not isinstance(question.get("choice"), list):
+        raise InputError(f"{where}: expected questions with 'question', 'choice' and 'answer'")
+    choices = [str(c) for c in question["choice"]]
+    answer = str(question.get("answer") or "").strip()
+    label = None
+    if answer:
+        stripped = [c.strip() for c in choices]
+        if answer not in stripped:
+            raise InputError(f"{where}: answer {question['answer']!r} is not one of the choices {choices}")
+        label = stripped.index(answer)
+    elif split != "test":
+        raise InputError(f"{where}: missing 'answer'")
+    return {"idx": idx, "first": [context] * len(choices), "second": [f"{question['question']} {c}" for c in choices],
+            "label": label, "where": where}  # fmt: skip
+
+
+def anli_example(row, where, split, number):
+    missing = [k for k in ("observation_1", "observation_2", "hypothesis_1", "hypothesis_2") if row.get(k) is None]
+    if missing:
+        raise InputError(f"{where}: missing {', '.join(missing)}; expected αNLI JSON lines with observation_1, "
+                         "observation_2, hypothesis_1, hypothesis_2, label")  # fmt: skip
+    raw = "" if row.get("label") is None else str(row["label"]).strip()
+    label = None
+    if raw in ("1", "2"):
+        label = int(raw) - 1
+    elif raw not in ("", "0", "-1"):
+        raise InputError(f"{where}: unknown label {row['label']!r}; expected 1 or 2")
+    elif split != "test":
+        raise InputError(f"{where}: missing label (1 or 2)")
+    hypotheses = [row["hypothesis_1"], row["hypothesis_2"]]
+    return {"idx": str(row.get("story_id") or number + 1), "first": [str(row["observation_1"])] * 2,
+            "second": [f"{h} {row['observation_2']}" for h in hypotheses], "label": label, "where": where}  # fmt: skip
+
+
+def swag_example(row, where, split, number):
+    endings = []
+    while row.get(f"ending{len(endings)}") not in (None, ""):
+        endings.append(str(row[f"ending{len(endings)}"]))
+    if row.get("sent1") is None or len(endings) < 2:
+        raise InputError(f"{where}: expected SWAG-style columns sent1, sent2, ending0..endingN (N >= 1), label")
+    raw = "" if row.get("label") is None else str(row["label"]).strip()
+    label = None
+    if re.fullmatch(r"\d+", raw) and int(raw) < len(endings):
+        label = int(raw)
+    elif raw not in ("", "-1") or split != "test":
+        problem = "missing label" if raw == "" else f"unknown label {row['label']!r}"
+        raise InputError(f"{where}: {problem}; expected 0..{len(endings) - 1} (the index of the right ending)")
+    idx = row.get("fold-ind") or row.get("video-id") or row.get("id") or number + 1
+    sent2 = str(row.get("sent2") or "")
+    return {"idx": str(idx), "first": [str(row["sent1"])] * len(endings),
+            "second": [f"{sent2} {e}".strip() for e in endings], "label": label, "where": where}  # fmt: skip
 
 
 def load_splits(args):
-    """Records per split: (format, {split: (records, path)})."""
-    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
-    splits, formats = {}, set()
-    if any(files.values()):
-        for split, path in files.items():
-            if path:
-                fmt, records = fd.read_multiple_choice(path, split, args.dataset_format)
-                formats.add(fmt)
-                splits[split] = (records, path)
+    """(format, {split: Split})."""
+    files = {"train": ("train_file", args.train_file), "validation": ("validation_file", args.validation_file),
+             "test": ("test_file", args.test_file)}  # fmt: skip
+    splits, formats = {}, {}
+    if any(path for _, path in files.values()):
+        for split, (flag, path) in files.items():
+            if path is not None:
+                fmt, examples = read_file(path, flag, split, args.dataset_format)
+                splits[split], formats[split] = Split(examples, f"--{flag} {path}"), fmt
     else:
-        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        try:
+            raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        except Exception as err:
+            raise InputError(f"--dataset_name {args.dataset_name}: cannot load it ({one_line(err)})") from None
         for split in ("train", "validation", "test"):
             if split in raw:
-                where = f"{args.dataset_name}[{split}]"
-                records = list(enumerate(raw[split].to_list(), start=1))
-                fmt, records = fd.read_multiple_choice(where, split, args.dataset_format, hub_records=records)
-                formats.add(fmt)
-                splits[split] = (records, where)
-    if len(formats) > 1:
-        raise MometasInputError(f"the data files are in different formats ({', '.join(sorted(formats))}); use one task")
-    return formats.pop(), splits
+                source, where = f"{args.dataset_name}[{split}]", [f"row {i + 1}" for i in range(len(raw[split]))]
+                fmt, examples = rows_to_examples(raw[split], source, where, split, args.dataset_format)
+                splits[split], formats[split] = Split(examples, source), fmt
+    if len(set(formats.values())) > 1:
+        found = ", ".join(f"{splits[s].source} is {f}" for s, f in formats.items())
+        raise InputError(f"the data files are in different formats ({found}); use one task")
+    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_predict_samples}
+    for name, split in splits.items():
+        split.examples = split.examples[: limits[name]]  # the first N, as in the HF examples
+        if not split.examples:
+            raise InputError(f"{split.source}: no examples")
+    return next(iter(formats.values())), splits
+
+
+def number_of_choices(splits):
+    """The number of choices, from the data: every example of every split must have the same."""
+    first = next(iter(splits.values())).examples[0]
+    for split in splits.values():
+        for example in split.examples:
+            if len(example["first"]) != len(first["first"]):
+                raise InputError(f"{example['where']}: {len(example['first'])} choices, but {first['where']} has "
+                                 f"{len(first['first'])}; every example needs the same number")  # fmt: skip
+    if len(first["first"]) < 2:
+        raise InputError(f"{first['where']}: fewer than 2 choices")
+    return len(first["first"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+def check_model_source(name, flag):
+    """A local folder must hold a config; anything else is taken for a Hub id."""
+    if os.path.isfile(name):
+        raise InputError(f"{flag} {name}: is a file; expected a model folder or a Hub model id")
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise InputError(f"{flag} {name}: not a model folder (no config.json)")
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise InputError(f"{flag} {name}: no such folder, and not a Hub model id") from None
+
+
+def load_config(args, **kwargs):
+    """The built-in config class when the model type is built in.
+
+    A MOMETAS pre-training folder holds a remote MometasConfig (a BertConfig subclass, model_type
+    "bert") and an auto_map to its code; a task model loads as the plain built-in class.
+    """
+    name = args.config_name or args.model_name_or_path
+    flag = "--config_name" if args.config_name else "--model_name_or_path"
+    check_model_source(name, flag)
+    try:
+        config_dict, _ = transformers.PretrainedConfig.get_config_dict(name)
+        model_type = config_dict.get("model_type")
+        if model_type in CONFIG_MAPPING:
+            return CONFIG_MAPPING[model_type].from_pretrained(name, **kwargs)
+        return AutoConfig.from_pretrained(name, trust_remote_code=args.trust_remote_code, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"{flag} {name}: cannot load its config ({one_line(err)})") from None
+
+
+def load_tokenizer(args):
+    name = args.tokenizer_name or args.model_name_or_path
+    flag = "--tokenizer_name" if args.tokenizer_name else "--model_name_or_path"
+    if args.tokenizer_name:
+        check_model_source(name, flag)
+    if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in TOKENIZER_FILES):
+        raise InputError(f"{flag} {name}: holds no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); pass --tokenizer_name")
+    try:
+        return AutoTokenizer.from_pretrained(name, use_fast=not args.use_slow_tokenizer, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError, ImportError) as err:
+        raise InputError(f"{flag} {name}: cannot load its tokenizer ({one_line(err)})") from None
+
+
+def load_model(args, config):
+    name = args.model_name_or_path
+    if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in WEIGHT_FILES):
+        raise InputError(f"--model_name_or_path {name}: holds no weights ({', '.join(WEIGHT_FILES[:3])})")
+    try:
+        model = AutoModelForMultipleChoice.from_pretrained(name, config=config, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise InputError(f"--model_name_or_path {name}: cannot load it for multiple choice ({one_line(err)})") from None
+    if type(model).__module__.startswith("transformers."):
+        # A built-in class needs no remote code: an auto_map left over from a MOMETAS folder would
+        # send trust_remote_code=True loaders to *_mometas.py files that this folder does not hold.
+        model.config.__dict__.pop("auto_map", None)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs and the Hub
+# ---------------------------------------------------------------------------------------------
+def finite_or_none(value):
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN: a bare NaN makes the file unreadable for strict parsers
+    return value
+
+
+def write_json(path, data):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(finite_or_none(data), f, indent=2, sort_keys=True, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def public_settings(args, secrets=()):
+    """vars(args) for trackers, training_args.json and the card: scalars only, no secret."""
+    secrets = [s for s in (*secrets, os.environ.get("HF_TOKEN")) if s]
+    settings = {}
+    for key, value in sorted(vars(args).items()):
+        if value is None or (isinstance(value, str) and any(s in value for s in secrets)):
+            continue
+        settings[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return settings
+
+
+def is_hub_id(name):
+    if os.path.exists(name) or name.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+        return True
+    except HFValidationError:
+        return False
+
+
+def write_model_card(args, output_dir, results, data_note, datasets_ids):
+    """README.md for the Hub; nothing in it names a local path."""
+    base_model = args.model_name_or_path if is_hub_id(args.model_name_or_path) else None
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="multiple-choice",
+        base_model=base_model,
+        datasets=datasets_ids or None,
+        tags=["multiple-choice", "mometas"],
+        model_name=Path(output_dir).absolute().name,
+    )
+    source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "A local BERT checkpoint"
+    lines = [f"# {Path(output_dir).absolute().name}", "",
+             f"{source} fine-tuned on {data_note} with `run_multiple_choice.py` of the MOMETAS toolkit.", "",
+             "## Results", "", "| metric | value |", "|---|---|"]  # fmt: skip
+    lines += [f"| {k} | {'n/a' if v is None else round(v, 4) if isinstance(v, float) else v} |"
+              for k, v in sorted(finite_or_none(results).items())]  # fmt: skip
+    lines += ["", "## Settings", "", "| flag | value |", "|---|---|"]
+    lines += [f"| {k} | {getattr(args, k)} |" for k in CARD_SETTINGS if getattr(args, k, None) is not None]
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    card.save(os.path.join(output_dir, "README.md"))
+
+
+def push_command(repo_id, output_dir):
+    excludes = " ".join(f"--exclude '{p}'" for p in HUB_IGNORE_PATTERNS)
+    return f"hf upload {repo_id} {output_dir} . {excludes}"
+
+
+def create_hub_repo(args, hub_token):
+    """The repo id with its namespace, created (or found writable) before any training."""
+    name = args.hub_model_id or Path(args.output_dir).absolute().name
+    try:
+        return HfApi(token=hub_token).create_repo(name, private=args.hub_private_repo or None, exist_ok=True).repo_id
+    except Exception as err:  # offline, refused, no token, no write access: all one line
+        raise InputError(f"--push_to_hub: cannot create or write the Hub repo {name!r} ({one_line(err)}); check the "
+                         "network, --hub_token or HF_TOKEN, and --hub_model_id, or drop --push_to_hub") from None  # fmt: skip
+
+
+def all_finite(value, accelerator):
+    return accelerator.reduce((~torch.isfinite(value)).float(), reduction="sum").item() == 0
+
+
+def parameters_finite(model, accelerator):
+    bad = torch.zeros((), device=accelerator.device)
+    for param in model.parameters():
+        bad += (~torch.isfinite(param.detach())).any().float()
+    return accelerator.reduce(bad, reduction="sum").item() == 0
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    hub_token = ft.pop_hub_token(args)  # from here on, args holds no secret
+    hub_token = None
+    try:
+        args, hub_token = parse_args(None if argv is None else [str(a) for a in argv])
+        return run(args, hub_token)
+    except InputError as err:
+        print(f"error: {scrub(one_line(err), hub_token)}", file=sys.stderr)
+        sys.exit(2)
+    except RunFailed as err:
+        print(f"error: {scrub(one_line(err), hub_token)}", file=sys.stderr)
+        sys.exit(1)
 
-    accelerator_log_kwargs = {}
-    if args.with_tracking:
-        accelerator_log_kwargs["log_with"] = args.report_to
-        accelerator_log_kwargs["project_dir"] = args.output_dir
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-        **accelerator_log_kwargs,
-    )
-    ft.configure_logging(accelerator, logger)
+
+def scrub(text, secret):
+    return text.replace(secret, "***") if secret else text
+
+
+def run(args, hub_token):
+    # The seedable sampler makes the data order a function of (seed, epoch): a resumed run sees
+    # the same batches as an uninterrupted one.
+    accelerator_log_kwargs = {"log_with": args.report_to, "project_dir": args.output_dir} if args.with_tracking else {}
+    try:
+        accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+            **accelerator_log_kwargs,
+        )
+    except (ValueError, ImportError) as err:
+        raise InputError(f"--report_to {args.report_to}: {one_line(err)}") from None
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO)  # fmt: skip
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    # The csv loader logs its parse errors before raising them (the error line says it once), and
+    # Accelerate logs every file of every checkpoint.
+    logging.getLogger("datasets.packaged_modules.csv.csv").setLevel(logging.CRITICAL)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)
+    if args.hparams == "paper":
+        logger.info(f"--hparams paper: lr {args.learning_rate}, per-device batch "
+                    f"{args.per_device_train_batch_size}, max length {args.max_length}, warmup {args.warmup_ratio}, "
+                    f"{args.num_train_epochs} epochs, weight decay {args.weight_decay} (flags you typed win)")  # fmt: skip
+
+    # ---- Checks that need no data: the output folder, the checkpoint to resume, the Hub repo ----
+    checkpoint = check_output_dir(args)
+    resume_state = read_checkpoint_state(checkpoint) if checkpoint else None
+    settings = resume_settings(args, accelerator.num_processes) if (args.checkpointing_steps or checkpoint) else None
+    if resume_state is not None and not args.allow_config_change:
+        compare_settings(checkpoint, resume_state["settings"], settings)
+    repo_id = create_hub_repo(args, hub_token) if args.push_to_hub and accelerator.is_main_process else None
     set_seed(args.seed)
-    if accelerator.is_main_process and args.output_dir is not None:
-        os.makedirs(args.output_dir, exist_ok=True)
+
+    # ---- Data ----------------------------------------------------------------------------------
+    data_format, splits = load_splits(args)
+    num_choices = number_of_choices(splits)
+    do_train = "train" in splits
+    eval_splits = ["validation"] if "validation" in splits else []
+    logger.info(f"Format {data_format}, {num_choices} choices per example")
+
+    # ---- Model and tokenizer --------------------------------------------------------------------
+    config = load_config(args)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and args.max_length > positions:
+        raise InputError(f"--max_length {args.max_length}: the model has only {positions} positions")
+    tokenizer = load_tokenizer(args)
+    model = load_model(args, config)
+
+    # Every input is valid: now, and only now, the previous run in --output_dir may go.
+    if args.overwrite_output_dir and checkpoint is None and accelerator.is_main_process and os.listdir(args.output_dir):
+        logger.info(f"--overwrite_output_dir: deleting the previous run in {args.output_dir}")
+        clear_output_dir(args.output_dir)
     accelerator.wait_for_everyone()
 
-    # ---- Data ------------------------------------------------------------------------------------
-    data_format, splits = load_splits(args)
-    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_predict_samples}
-    splits = {split: (records[: limits[split]], path) for split, (records, path) in splits.items()}
-    num_choices = fd.number_of_choices({s: r for s, (r, _) in splits.items()}, {s: p for s, (_, p) in splits.items()})
-    do_train = "train" in splits
-    logger.info(f"Format {data_format}, {num_choices} choices per example")
-    if args.hparams == "paper":
-        if data_format not in ("dream", "anli"):
-            raise MometasInputError(f"--hparams paper has settings for DREAM and αNLI only, not {data_format}")
-        applied = ft.apply_paper_hparams(args, data_format, accelerator.num_processes)
-        logger.info(f"--hparams paper for {data_format}: {applied} (explicit flags kept: {args.user_set_flags})")
-
-    # ---- Model and tokenizer --------------------------------------------------------------------------
-    config = ft.load_config(args.config_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(
-        args.tokenizer_name or args.model_name_or_path,
-        use_fast=not args.use_slow_tokenizer,
-        trust_remote_code=args.trust_remote_code,
-    )
-    model = AutoModelForMultipleChoice.from_pretrained(
-        args.model_name_or_path, config=config, trust_remote_code=args.trust_remote_code
-    )
-
-    # ---- Tokenize once with datasets.map: n (first, second) pairs per example ---------------------------
+    # ---- Tokenize once: num_choices (first, second) pairs per example ------------------------------------
     padding = "max_length" if args.pad_to_max_length else False
 
     def preprocess_function(examples):
@@ -141,79 +866,90 @@ def main(argv=None):
         return result
 
     processed = {}
-    for split, (records, _) in splits.items():
+    for name, split in splits.items():
         columns = {
-            "first": [r["first"] for r in records],
-            "second": [r["second"] for r in records],
+            "first": [e["first"] for e in split.examples],
+            "second": [e["second"] for e in split.examples],
             # Unlabeled test examples get a placeholder 0: the collator needs a label, nothing reads it.
-            "label": [r["label"] if r["label"] is not None else 0 for r in records],
+            "label": [e["label"] if e["label"] is not None else 0 for e in split.examples],
         }
         with accelerator.main_process_first():
-            processed[split] = datasets.Dataset.from_dict(columns).map(
-                preprocess_function, batched=True, remove_columns=list(columns), desc=f"Running tokenizer on {split}"
+            processed[name] = datasets.Dataset.from_dict(columns).map(
+                preprocess_function, batched=True, remove_columns=list(columns), desc=f"Running tokenizer on {name}"
             )
+    if do_train:
+        for index in random.sample(range(len(processed["train"])), min(2, len(processed["train"]))):
+            logger.info(f"Sample {index} of the training set: {processed['train'][index]}.")
 
+    # Dynamic padding unless --pad_to_max_length; multiples of 8 suit tensor cores under fp16/bf16.
     if args.pad_to_max_length:
         data_collator = default_data_collator
     else:
         pad_to = 8 if accelerator.mixed_precision in ("fp16", "bf16") else None
         data_collator = DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=pad_to)
     eval_dataloaders = {
-        split: DataLoader(processed[split], collate_fn=data_collator, batch_size=args.per_device_eval_batch_size)
-        for split in ("validation", "test")
-        if split in processed
+        name: DataLoader(processed[name], collate_fn=data_collator, batch_size=args.per_device_eval_batch_size,
+                         generator=torch.Generator())  # fmt: skip
+        for name in eval_splits + (["test"] if "test" in splits else [])
     }
 
-    def predict(split):
+    def predict(name):
         model.eval()
         outputs = []
-        for batch in eval_dataloaders[split]:
+        for batch in eval_dataloaders[name]:
             with torch.no_grad():
-                logits = model(**batch).logits
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
             outputs.append(accelerator.gather_for_metrics(logits.argmax(dim=-1)).cpu())
         return torch.cat(outputs).numpy()
 
     def evaluate():
-        if "validation" not in splits:
-            return {}, None
+        if not eval_splits:
+            return {}, {}
         preds = predict("validation")
-        labels = np.asarray([r["label"] for r in splits["validation"][0]])
-        return {"accuracy": ft.accuracy(preds, labels)}, preds
+        labels = np.asarray([e["label"] for e in splits["validation"].examples])
+        return {"accuracy": float(accuracy_score(labels, preds))}, {"validation": preds}
 
-    completed_steps = 0
-    epoch = -1
-    results, predictions = {}, None
+    completed_steps, epoch = 0, -1
+    results, predictions = {}, {}
     if do_train:
+        # Own generators for every DataLoader: starting one draws a seed from its generator, and a draw
+        # from the global one would shift the dropout masks of a resumed run against an uninterrupted one.
         train_dataloader = DataLoader(
-            processed["train"],
-            shuffle=True,
-            collate_fn=data_collator,
-            batch_size=args.per_device_train_batch_size,
+            processed["train"], shuffle=True, collate_fn=data_collator, batch_size=args.per_device_train_batch_size,
             generator=torch.Generator().manual_seed(args.seed),
-        )
-        optimizer = torch.optim.AdamW(ft.optimizer_grouped_parameters(model, args.weight_decay), lr=args.learning_rate)
+        )  # fmt: skip
+        # No weight decay on biases and LayerNorm weights.
+        no_decay = ["bias", "LayerNorm.weight", "layer_norm.weight"]
+        optimizer_grouped_parameters = [
+            {"params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)],
+             "weight_decay": args.weight_decay},
+            {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
+        ]  # fmt: skip
+        optimizer = torch.optim.AdamW(optimizer_grouped_parameters, lr=args.learning_rate)
 
-        # Scheduler and math around the number of training steps.
-        num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+        # Scheduler and math around the number of training steps. Once prepared, the DataLoader gives
+        # each process every num_processes-th batch (the last ones padded to a full round).
+        batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
+        num_update_steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
         if args.max_train_steps is None:
             args.max_train_steps = args.num_train_epochs * num_update_steps_per_epoch
         else:
             args.num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
-        num_warmup_steps = ft.warmup_steps(args, args.max_train_steps)
+        num_warmup_steps = args.num_warmup_steps or math.ceil(args.warmup_ratio * args.max_train_steps)
+        # The prepared scheduler steps once per process, hence the factor.
         lr_scheduler = get_scheduler(
             name=args.lr_scheduler_type,
             optimizer=optimizer,
             num_warmup_steps=num_warmup_steps * accelerator.num_processes,
             num_training_steps=args.max_train_steps * accelerator.num_processes,
         )
-
         model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
             model, optimizer, train_dataloader, lr_scheduler
         )
-        eval_dataloaders = {split: accelerator.prepare(dl) for split, dl in eval_dataloaders.items()}
+        eval_dataloaders = {name: accelerator.prepare(dl) for name, dl in eval_dataloaders.items()}
 
         if args.with_tracking:
-            accelerator.init_trackers("multiple_choice_no_trainer", ft.safe_config(args, [hub_token]))
+            accelerator.init_trackers("multiple_choice_no_trainer", public_settings(args, [hub_token]))
 
         total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
         logger.info("***** Running training *****")
@@ -223,128 +959,184 @@ def main(argv=None):
         logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch_size}")
         logger.info(f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}")
         logger.info(f"  Total optimization steps = {args.max_train_steps}, warmup = {num_warmup_steps}")
-        logger.info(f"  Learning rate = {args.learning_rate}, weight decay = {args.weight_decay}, max length = {args.max_length}")
         progress_bar = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
-        starting_epoch, resume_batches = 0, 0
+        starting_epoch, resume_batches, skipped_steps, stale = 0, 0, 0, []
 
-        checkpoint = ft.resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
         if checkpoint is not None:
             accelerator.print(f"Resumed from checkpoint: {checkpoint}")
-            accelerator.load_state(checkpoint)
-            completed_steps, starting_epoch, resume_batches = ft.resume_position(
-                checkpoint, num_update_steps_per_epoch, args.gradient_accumulation_steps
-            )
+            try:
+                accelerator.load_state(checkpoint)
+            except Exception as err:  # sizes matched but a file does not parse: still a damaged checkpoint
+                raise InputError(f"--resume_from_checkpoint {checkpoint}: cannot load it ({one_line(err)})") from None
+            completed_steps = int(resume_state["completed_steps"])
+            skipped_steps = int(resume_state.get("skipped_nonfinite_steps", 0))
+            starting_epoch = completed_steps // num_update_steps_per_epoch
+            resume_batches = (completed_steps % num_update_steps_per_epoch) * args.gradient_accumulation_steps
             progress_bar.update(completed_steps)
+            # Checkpoints past this one belong to the abandoned continuation: once this run saves its
+            # own, they go, so that 'latest' can never pick them up.
+            stale = [path for steps, path in list_checkpoints(args.output_dir) if steps > completed_steps]
 
+        def checkpoint_now(name):
+            if not parameters_finite(model, accelerator):
+                progress_bar.close()
+                raise RunFailed(f"step {completed_steps}: the weights are not finite; stopped without saving "
+                                f"{name} or a model. {last_good(args.output_dir)}")  # fmt: skip
+            state = {"completed_steps": completed_steps, "epoch": epoch, "skipped_nonfinite_steps": skipped_steps,
+                     "num_update_steps_per_epoch": num_update_steps_per_epoch, "settings": settings}  # fmt: skip
+            save_checkpoint(accelerator, args.output_dir, name, state)
+            if accelerator.is_main_process:
+                delete_checkpoints([p for p in stale if os.path.basename(p) != name and os.path.isdir(p)])
+                if args.checkpoints_total_limit is not None:
+                    found = [path for _, path in list_checkpoints(args.output_dir)]
+                    keep = found[-args.checkpoints_total_limit :] + [os.path.join(args.output_dir, name)]
+                    delete_checkpoints([p for p in found if p not in keep])
+            stale.clear()
+            if args.push_to_hub and args.hub_strategy == "every_save":
+                export_model(accelerator, model, tokenizer, args.output_dir)
+                if repo_id is not None:  # in the background: training goes on while it uploads
+                    hub_uploads.append(HfApi(token=hub_token).upload_folder(
+                        repo_id=repo_id, folder_path=args.output_dir, commit_message=f"Training in progress, step {completed_steps}",
+                        ignore_patterns=HUB_IGNORE_PATTERNS, run_as_future=True,
+                    ))  # fmt: skip
+            accelerator.wait_for_everyone()
+
+        hub_uploads = []
         for epoch in range(starting_epoch, args.num_train_epochs):
             if completed_steps >= args.max_train_steps:
                 break
             model.train()
             train_dataloader.set_epoch(epoch)
-            total_loss, num_batches = 0.0, 0
+            total_loss, num_updates = torch.zeros((), device=accelerator.device), 0
             if epoch == starting_epoch and resume_batches:
+                # Skip the batches the checkpointed run had already seen in this epoch.
                 active_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
             else:
                 active_dataloader = train_dataloader
+            step_loss = torch.zeros((), device=accelerator.device)
             for batch in active_dataloader:
                 with accelerator.accumulate(model):
-                    outputs = model(**batch)
-                    loss = outputs.loss
-                    total_loss += loss.detach().float().item()
-                    num_batches += 1
+                    loss = model(**batch).loss
+                    step_loss += loss.detach().float()
                     accelerator.backward(loss)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
+                    # A non-finite loss in any micro-batch of any process spoils the update: decide together.
+                    finite = not accelerator.sync_gradients or all_finite(step_loss, accelerator)
+                    if finite:
+                        optimizer.step()
+                        lr_scheduler.step()
+                        optimizer.zero_grad()
+                    else:
+                        optimizer.zero_grad()
+                        skipped_steps += 1
+                        if skipped_steps > args.skip_nonfinite_steps:
+                            progress_bar.close()
+                            raise RunFailed(f"step {completed_steps + 1}: the training loss is not finite; stopped "
+                                            f"without saving a model. {last_good(args.output_dir)} Lower "
+                                            "--learning_rate, check the data, or skip such steps with "
+                                            "--skip_nonfinite_steps N")  # fmt: skip
+                        logger.warning(f"step {completed_steps + 1}: the loss is not finite, update skipped "
+                                       f"({skipped_steps} of --skip_nonfinite_steps {args.skip_nonfinite_steps})")  # fmt: skip
 
+                # Checks if the accelerator has performed an optimization step behind the scenes
                 if accelerator.sync_gradients:
+                    if finite:
+                        total_loss, num_updates = total_loss + step_loss, num_updates + 1
+                    step_loss = torch.zeros((), device=accelerator.device)
                     progress_bar.update(1)
                     completed_steps += 1
                     if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
-                        ft.save_checkpoint(
-                            accelerator,
-                            args.output_dir,
-                            f"step_{completed_steps}",
-                            completed_steps=completed_steps,
-                            num_update_steps_per_epoch=num_update_steps_per_epoch,
-                        )
+                        checkpoint_now(f"step_{completed_steps}")
                 if completed_steps >= args.max_train_steps:
                     break
 
             results, predictions = evaluate()
             logger.info(f"epoch {epoch}: {results}")
             if args.with_tracking:
-                accelerator.log(
-                    {**results, "train_loss": total_loss / max(1, num_batches), "epoch": epoch, "step": completed_steps},
-                    step=completed_steps,
-                )
+                accelerator.log({**results, "train_loss": total_loss.item() / max(1, num_updates), "epoch": epoch,
+                                 "step": completed_steps}, step=completed_steps)  # fmt: skip
             if args.checkpointing_steps == "epoch":
-                ft.save_checkpoint(
-                    accelerator,
-                    args.output_dir,
-                    f"epoch_{epoch}",
-                    completed_steps=completed_steps,
-                    num_update_steps_per_epoch=num_update_steps_per_epoch,
-                )
+                checkpoint_now(f"epoch_{epoch}")
         if args.with_tracking:
             accelerator.end_training()
+        progress_bar.close()
+        if not parameters_finite(model, accelerator):
+            raise RunFailed(f"step {completed_steps}: the weights are not finite; stopped without saving a model. "
+                            f"{last_good(args.output_dir)}")  # fmt: skip
     else:
         model = accelerator.prepare(model)
-        eval_dataloaders = {split: accelerator.prepare(dl) for split, dl in eval_dataloaders.items()}
-    if not results and "validation" in splits:
+        eval_dataloaders = {name: accelerator.prepare(dl) for name, dl in eval_dataloaders.items()}
+        hub_uploads = []
+    if not results and eval_splits:  # evaluation only, or resumed after the last update
         results, predictions = evaluate()
         logger.info(f"evaluation: {results}")
 
-    # ---- Save, results, predictions ------------------------------------------------------------------------
+    # ---- Save the model, results and predictions --------------------------------------------------
     if args.output_dir is None:
         return results
-    accelerator.wait_for_everyone()
-    if do_train:
-        accelerator.unwrap_model(model).save_pretrained(
-            args.output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save
-        )
     test_predictions = predict("test") if "test" in splits else None
+    if do_train:
+        export_model(accelerator, model, tokenizer, args.output_dir)
     if not accelerator.is_main_process:
         return results
-
-    tokenizer.save_pretrained(args.output_dir)
-    ft.save_args(args.output_dir, args, [hub_token])
-    all_results = ft.prefixed(results, "eval")
-    if "validation" in splits:
-        all_results["eval_samples"] = len(splits["validation"][0])
+    if not do_train:
+        tokenizer.save_pretrained(args.output_dir)
+    write_json(os.path.join(args.output_dir, "training_args.json"), public_settings(args, [hub_token]))
+    all_results = {f"eval_{k}": v for k, v in results.items()}
+    if eval_splits:
+        all_results["eval_samples"] = len(splits["validation"].examples)
     if do_train:
-        all_results.update({"epoch": epoch, "train_samples": len(splits["train"][0]), "train_steps": completed_steps})
-    if test_predictions is not None and all(r["label"] is not None for r in splits["test"][0]):
-        labels = np.asarray([r["label"] for r in splits["test"][0]])
-        all_results["test_accuracy"] = ft.accuracy(test_predictions, labels)
-    ft.write_json(os.path.join(args.output_dir, "all_results.json"), all_results)
+        all_results.update({"epoch": epoch, "train_samples": len(splits["train"].examples), "train_steps": completed_steps})
+    if test_predictions is not None and all(e["label"] is not None for e in splits["test"].examples):
+        labels = np.asarray([e["label"] for e in splits["test"].examples])
+        all_results["test_accuracy"] = float(accuracy_score(labels, test_predictions))
+    write_json(os.path.join(args.output_dir, "all_results.json"), all_results)
 
     # One JSON line per example: its id, the predicted choice (0-based; αNLI's own 1/2 too) and the gold label.
-    for split, preds in (("validation", predictions), ("test", test_predictions)):
-        if preds is None:
-            continue
-        rows = []
-        for record, pred in zip(splits[split][0], preds):
-            row = {"idx": record["idx"], "prediction": int(pred), "label": record["label"]}
-            if data_format == "anli":
-                row["prediction_label"] = int(pred) + 1
-            rows.append(row)
-        ft.write_jsonl(os.path.join(args.output_dir, f"predictions_{split}.jsonl"), rows)
+    outputs = list(predictions.items()) + ([("test", test_predictions)] if test_predictions is not None else [])
+    for name, preds in outputs:
+        with open(os.path.join(args.output_dir, f"predictions_{name}.jsonl"), "w", encoding="utf-8") as f:
+            for example, pred in zip(splits[name].examples, preds):
+                row = {"idx": example["idx"], "prediction": int(pred), "label": example["label"]}
+                if data_format == "anli":
+                    row["prediction_label"] = int(pred) + 1
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     if do_train:
-        data = args.dataset_name or f"{data_format} ({os.path.basename(args.train_file)})"
-        ft.write_model_card(
-            args.output_dir,
-            base_model=args.model_name_or_path,
-            task=data_format,
-            pipeline_tag="multiple-choice",
-            results=all_results,
-            config=ft.safe_config(args, [hub_token]),
-            data=str(data),
-        )
-        if args.push_to_hub:
-            ft.push_to_hub(args.output_dir, args.hub_model_id, hub_token)
+        if args.dataset_name:
+            data_note, hub_datasets = f"[{args.dataset_name}](https://huggingface.co/datasets/{args.dataset_name})", [args.dataset_name]
+        else:
+            files = ", ".join(f"`{os.path.basename(p)}`" for p in (args.train_file, args.validation_file) if p)
+            data_note = f"{data_format} data ({files})"
+            hub_datasets = [HUB_DATASETS[data_format]] if data_format in HUB_DATASETS else []
+        write_model_card(args, args.output_dir, all_results, data_note, hub_datasets)
+    if repo_id is not None:
+        try:
+            for upload in hub_uploads:
+                upload.result()
+            HfApi(token=hub_token).upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="End of training",
+                                                 ignore_patterns=HUB_IGNORE_PATTERNS)  # fmt: skip
+        except Exception as err:
+            raise RunFailed(f"the push to {repo_id} failed ({one_line(err)}); the model and results are kept in "
+                            f"{args.output_dir}; push them again with: {push_command(repo_id, args.output_dir)}") from None  # fmt: skip
+        logger.info(f"Pushed {args.output_dir} to https://huggingface.co/{repo_id}")
     return results
 
 
+def last_good(output_dir):
+    found = list_checkpoints(output_dir)
+    return f"The last good checkpoint is {found[-1][1]}." if found else "There is no checkpoint of this run."
+
+
+def export_model(accelerator, model, tokenizer, output_dir):
+    """The HF-format model and tokenizer; get_state_dict gathers the weights under FSDP and ZeRO-3."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(
+        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save, state_dict=state_dict
+    )
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+
+
 if __name__ == "__main__":
-    ft.run_main(main)
+    main()

@@ -5,33 +5,43 @@ word tagged ``O``, which finds no entity: F1 0) and a word accuracy above that b
 """
 
 import json
-import shutil
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
 from finetune_helpers import (
-    assert_input_error,
     assert_ok,
-    load_weights,
+    build_argv,
+    common_bad_inputs,
+    make_tiny_bert,
     minilm_path,
+    one_error_line,
     read_results,
     require_data,
+    run_main,
     run_script,
-    tiny_ft_model,  # noqa: F401  (fixture)
     write_conll,
 )
 
-import run_ner  # noqa: E402
-from mometas_utils import finetune_data as fd
-from mometas_utils.errors import MometasInputError
+import run_ner  # noqa: E402  (finetune_helpers puts the repo root on sys.path)
+
+
+@pytest.fixture(scope="module")
+def tiny_ft_model(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_ft_model"))
+
+
+def read_conll(path):
+    args, _ = run_ner.parse_args(["--model_name_or_path", "m", "--validation_file", str(path)])
+    return run_ner.load_splits(args)["validation"].sentences
 
 
 def majority_baseline(path, n):
     """Word accuracy and entity F1 of tagging every word with the most frequent tag (``O``)."""
     from seqeval.metrics import f1_score
 
-    sentences = fd.read_conll(str(path), "validation")[:n]
+    sentences = read_conll(path)[:n]
     tags = [t for s in sentences for t in s["tags"]]
     tag, count = Counter(tags).most_common(1)[0]
     gold = [s["tags"] for s in sentences]
@@ -41,8 +51,7 @@ def majority_baseline(path, n):
 def check_predictions_file(path, n_sentences):
     blocks = [b for b in path.read_text().split("\n\n") if b.strip()]
     assert len(blocks) == n_sentences
-    first = blocks[0].splitlines()[0].split(" ")
-    assert len(first) == 3  # token gold predicted
+    assert len(blocks[0].splitlines()[0].split(" ")) == 3  # token gold predicted
 
 
 # ------------------------------------------------------------------------------------------------
@@ -94,6 +103,17 @@ def test_wnut17_end_to_end(tmp_path):
     assert results["eval_accuracy"] > accuracy, (results, accuracy)
 
 
+@pytest.mark.data
+def test_conll_and_wnut_readers_on_the_shared_data():
+    conll, wnut = require_data("conll2003/train.txt", "wnut17/train.conll")
+    sentences = read_conll(conll)
+    assert len(sentences) == 2000 and sentences[0]["tokens"][:2] == ["EU", "rejects"]
+    assert sentences[0]["tags"][:3] == ["B-ORG", "O", "B-MISC"]
+    assert run_ner.paper_task_of({t for s in sentences for t in s["tags"]}) == "conll2003"
+    sentences = read_conll(wnut)
+    assert len(sentences) == 2000 and run_ner.paper_task_of({t for s in sentences for t in s["tags"]}) == "wnut17"
+
+
 # ------------------------------------------------------------------------------------------------
 # Logic on a tiny random BERT
 # ------------------------------------------------------------------------------------------------
@@ -101,22 +121,8 @@ def tiny_args(model, train, dev, out, *extra):
     return [
         "--model_name_or_path", model, "--train_file", str(train), "--validation_file", str(dev),
         "--output_dir", str(out), "--max_length", "16", "--per_device_train_batch_size", "2",
-        "--gradient_accumulation_steps", "2", "--num_train_epochs", "2", "--learning_rate", "1e-3", *map(str, extra),
+        "--num_train_epochs", "1", "--learning_rate", "1e-3", *map(str, extra),
     ]  # fmt: skip
-
-
-def test_resume_matches_uninterrupted_run(tiny_ft_model, tmp_path):
-    train = write_conll(tmp_path / "train.txt", 10)  # 5 batches = 3 updates per epoch
-    dev = write_conll(tmp_path / "dev.txt", 3)
-    full = tmp_path / "full"
-    run_ner.main(tiny_args(tiny_ft_model, train, dev, full, "--checkpointing_steps", "2", "--label_all_tokens"))
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(full / "step_4", resumed / "step_4")  # mid epoch 1
-    run_ner.main(tiny_args(tiny_ft_model, train, dev, resumed, "--resume_from_checkpoint", resumed / "step_4", "--label_all_tokens"))
-    a, b = load_weights(full), load_weights(resumed)
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
-    assert read_results(full) == read_results(resumed)
 
 
 def test_wnut_layout_json_lines_and_test_predictions(tiny_ft_model, tmp_path):
@@ -129,7 +135,8 @@ def test_wnut_layout_json_lines_and_test_predictions(tiny_ft_model, tmp_path):
     test = tmp_path / "test.txt"
     test.write_text("john\nwent\n\nparis\n")  # one column: unlabeled
     out = tmp_path / "out"
-    run_ner.main(tiny_args(tiny_ft_model, train, dev, out, "--test_file", test, "--return_entity_level_metrics"))
+    run_ner.main(tiny_args(tiny_ft_model, train, dev, out, "--test_file", test, "--return_entity_level_metrics",
+                           "--label_all_tokens"))  # fmt: skip
     results = read_results(out)
     assert {"eval_f1", "eval_precision", "eval_recall", "eval_accuracy", "eval_PER_f1", "eval_LOC_number"} <= results.keys()
     predicted = (out / "predictions_validation.conll").read_text().split("\n\n")
@@ -138,32 +145,102 @@ def test_wnut_layout_json_lines_and_test_predictions(tiny_ft_model, tmp_path):
     assert test_lines[0].split(" ")[0] == "john" and len(test_lines[0].split(" ")) == 2
     # The saved model evaluates on its own (labels from its config).
     again = tmp_path / "again"
-    run_ner.main(["--model_name_or_path", str(out), "--validation_file", str(dev), "--output_dir", str(again)])
+    run_ner.main(["--model_name_or_path", str(out), "--validation_file", str(dev), "--output_dir", str(again),
+                  "--max_length", "16"])  # fmt: skip
     assert read_results(again)["eval_f1"] == results["eval_f1"]
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: token-classification" in card and str(tmp_path) not in card
 
 
-def test_hparams_paper_guesses_the_task(tiny_ft_model, tmp_path):
+def test_hparams_paper_guesses_the_task_and_typed_flags_win(tiny_ft_model, tmp_path):
     train = write_conll(tmp_path / "train.txt", 4)
     out = tmp_path / "out"
     run_ner.main(["--model_name_or_path", tiny_ft_model, "--train_file", str(train), "--hparams", "paper",
-                  "--max_train_steps", "1", "--output_dir", str(out)])  # fmt: skip
+                  "--max_train_steps", "1", "--warmup_ratio", "0", "--output_dir", str(out)])  # fmt: skip
     saved = json.loads((out / "training_args.json").read_text())
-    assert (saved["per_device_train_batch_size"], saved["learning_rate"], saved["warmup_ratio"]) == (32, 5e-5, 0.1)
+    assert (saved["per_device_train_batch_size"], saved["learning_rate"], saved["paper_task"]) == (32, 5e-5, "conll2003")
+    assert (saved["warmup_ratio"], saved["weight_decay"]) == (0.0, 0.01)
+    assert "eriktks/conll2003" in (out / "README.md").read_text()
+    args, _ = run_ner.parse_args(["--model_name_or_path", "m", "--dataset_name", "leondz/wnut_17", "--hparams", "paper"])
+    assert (args.per_device_train_batch_size, args.max_length, args.num_train_epochs) == (16, 64, 5)
 
 
 # ------------------------------------------------------------------------------------------------
-# Bad input
+# The table of bad inputs: exit code 2, one line "error: ...", no traceback
 # ------------------------------------------------------------------------------------------------
-def test_tag_not_in_last_column_cli(tiny_ft_model, tmp_path):
+def ner_bad_inputs():
+    def write(ctx, name, text):
+        (ctx.tmp / name).write_text(text)
+        return ctx.tmp / name
+
+    return [
+        ("tag_not_in_last_column", lambda c: (["--train_file", write(c, "p.txt", "EU B-ORG NNP\nrejects O VBZ\n\n")],
+                                              ["p.txt", "line 1", "'NNP' is not an IOB tag", "token ... tag"])),
+        ("column_count_changes", lambda c: (["--train_file", write(c, "w.txt", "EU NNP B-NP B-ORG\nrejects O\n")],
+                                            ["w.txt", "line 2", "2 columns", "have 4"])),
+        ("single_column_train", lambda c: (["--train_file", write(c, "s.txt", "EU\nrejects\n")], ["s.txt", "single column"])),
+        ("unknown_tag_in_validation", lambda c: (["--validation_file", write(c, "d.txt", "paris NNP B-NP B-CITY\n\n")],
+                                                 ["d.txt", "sentence at line 1", "unknown tag 'B-CITY'"])),
+        ("json_lengths_differ", lambda c: (["--train_file", write(c, "l.jsonl", '{"tokens": ["a", "b"], "ner_tags": ["O"]}\n')],
+                                           ["l.jsonl", "line 1", "same length"])),
+        ("json_without_tokens", lambda c: (["--train_file", write(c, "t.jsonl", '{"words": ["a"], "ner_tags": ["O"]}\n')],
+                                           ["t.jsonl", "'tokens'", "--text_column_name"])),
+        ("json_tag_not_iob", lambda c: (["--train_file", write(c, "i.jsonl", '{"tokens": ["a"], "ner_tags": ["PERSON"]}\n')],
+                                        ["i.jsonl", "line 1", "'PERSON'", "IOB"])),
+        ("json_tokens_not_a_list", lambda c: (["--train_file", write(c, "n.jsonl", '{"tokens": "a b", "ner_tags": ["O", "O"]}\n')],
+                                              ["n.jsonl", "list of words"])),
+        ("json_invalid", lambda c: (["--train_file", write(c, "j.jsonl", '{"tokens": ["a"], "ner_tags": \n')], ["j.jsonl", "JSON"])),
+        ("hparams_cannot_tell_task", lambda c: (["--hparams", "paper", "--train_file", write(c, "c.txt", "paris B-CITY\n\n")],
+                                                ["--hparams paper", "--paper_task"])),
+        ("paper_task_unknown", lambda c: (["--hparams", "paper", "--paper_task", "ontonotes"], ["--paper_task", "ontonotes"])),
+        ("eval_only_model_without_ner_labels", lambda c: (["--train_file", None], ["has no NER labels", "--train_file"])),
+        ("no_data", lambda c: (["--train_file", None, "--validation_file", None], ["--train_file", "--dataset_name"])),
+        ("dataset_offline", lambda c: (["--train_file", None, "--validation_file", None, "--dataset_name", "eriktks/conll2003"],
+                                       ["--dataset_name eriktks/conll2003", "cannot load"])),
+    ]
+
+
+BAD_INPUTS = common_bad_inputs() + ner_bad_inputs()
+
+
+def ner_base_argv(model, train, out):
+    return ["--model_name_or_path", model, "--train_file", train, "--validation_file", train, "--output_dir", out,
+            "--max_length", "16", "--per_device_train_batch_size", "2", "--max_train_steps", "2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ner_ctx(tmp_path_factory, tiny_ft_model):
+    base = tmp_path_factory.mktemp("ner_base")
+    train = write_conll(base / "train.txt", 4)
+    finished = {}
+
+    def finished_run():
+        if not finished:
+            folder = base / "finished"
+            code, err = run_main(run_ner.main, ner_base_argv(tiny_ft_model, train, folder) + ["--checkpointing_steps", "1"])
+            assert code == 0, err
+            finished["path"] = folder
+        return finished["path"]
+
+    return SimpleNamespace(model=tiny_ft_model, train=train, finished_run=finished_run)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_table(case, ner_ctx, tmp_path):
+    _, setup = case
+    ctx = SimpleNamespace(**vars(ner_ctx), tmp=tmp_path, out=tmp_path / "out")
+    extra, fragments = setup(ctx)
+    code, err = run_main(run_ner.main, build_argv(ner_base_argv(ctx.model, ctx.train, ctx.out), extra))
+    one_error_line(code, err, *map(str, fragments))
+    assert "hf_SecretToken000" not in err
+
+
+def test_bad_input_through_the_command_line(tiny_ft_model, tmp_path):
     bad = tmp_path / "pos_last.txt"
     bad.write_text("EU B-ORG NNP\nrejects O VBZ\n\n")
     proc = run_script("run_ner.py", "--model_name_or_path", tiny_ft_model, "--train_file", bad)
-    assert_input_error(proc, str(bad), "line 1", "'NNP' is not an IOB tag", "token ... tag")
-
-
-def test_unknown_tag_in_validation(tiny_ft_model, tmp_path):
-    train = write_conll(tmp_path / "train.txt", 3)
-    dev = tmp_path / "dev.txt"
-    dev.write_text("paris NNP B-NP B-CITY\n\n")
-    with pytest.raises(MometasInputError, match=r"dev.txt: sentence at line 1: unknown tag 'B-CITY'"):
-        run_ner.main(["--model_name_or_path", tiny_ft_model, "--train_file", str(train), "--validation_file", str(dev)])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [x for x in proc.stderr.splitlines() if x.startswith("error: ")] == [
+        f"error: --train_file {bad}: line 1: last column 'NNP' is not an IOB tag; expected `token ... tag` lines with "
+        "tags like O, B-PER, I-PER"
+    ]
