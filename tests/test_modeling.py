@@ -102,8 +102,14 @@ def test_saved_folder_loads_as_plain_bert_and_with_remote_code(tmp_path, tiny_mo
     torch.save({k: v for k, v in tiny_model.state_dict().items()}, reference)
     script = textwrap.dedent(
         f"""
-        import importlib.util, torch
-        assert importlib.util.find_spec("mometas_utils") is None, "mometas_utils must not be importable here"
+        import sys, torch
+
+        class RefuseMometasUtils:  # the library may be pip-installed (-e .): the folder must not need it
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "mometas_utils":
+                    raise ImportError("mometas_utils is not available here")
+
+        sys.meta_path.insert(0, RefuseMometasUtils())
         from transformers import AutoModel, AutoModelForPreTraining, AutoModelForSequenceClassification
         ref = torch.load({str(reference)!r})
         plain = AutoModel.from_pretrained({str(folder)!r})
@@ -117,6 +123,7 @@ def test_saved_folder_loads_as_plain_bert_and_with_remote_code(tmp_path, tiny_mo
         assert sorted(full.heads) == ["atd", "cse", "dtd"]
         for name, tensor in full.state_dict().items():
             assert torch.equal(tensor, ref[name]), name
+        assert not any(m.split(".")[0] == "mometas_utils" for m in sys.modules)
         print("LOADED-OK")
         """
     )
