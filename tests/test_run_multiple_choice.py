@@ -42,6 +42,27 @@ def read_examples(path):
 @pytest.mark.slow
 @pytest.mark.data
 def test_dream_end_to_end(tmp_path):
+    """DREAM's JSON through the whole script and its predictions file; the learning run is below."""
+    train, dev = require_data("dream/train.json", "dream/dev.json")
+    proc = run_script(
+        "run_multiple_choice.py", "--model_name_or_path", minilm_path(), "--train_file", train,
+        "--validation_file", dev, "--max_train_samples", "48", "--max_eval_samples", "30",
+        "--max_seq_length", "64", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "30",
+        "--num_train_epochs", "1", "--output_dir", tmp_path / "out",
+    )  # fmt: skip
+    assert_ok(proc)
+    results = read_results(tmp_path / "out")
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions_validation.jsonl").read_text().splitlines()]
+    _, examples = read_examples(dev)
+    assert len(rows) == 30 and [r["idx"] for r in rows] == [e["idx"] for e in examples[:30]]
+    assert all(r["label"] == e["label"] and 0 <= r["prediction"] < 3 for r, e in zip(rows, examples))
+
+
+@pytest.mark.long
+@pytest.mark.slow
+@pytest.mark.data
+def test_dream_learns(tmp_path):
     train, dev = require_data("dream/train.json", "dream/dev.json")
     proc = run_script(
         "run_multiple_choice.py", "--model_name_or_path", minilm_path(), "--train_file", train,

@@ -83,6 +83,26 @@ def test_conll2003_end_to_end(tmp_path):
 @pytest.mark.slow
 @pytest.mark.data
 def test_wnut17_end_to_end(tmp_path):
+    """WNUT's own tag set and file format through the whole script; the learning run is below."""
+    train, dev = require_data("wnut17/train.conll", "wnut17/dev.conll")
+    proc = run_script(
+        "run_ner.py", "--model_name_or_path", minilm_path(), "--train_file", train, "--validation_file", dev,
+        "--max_train_samples", "400", "--max_eval_samples", "40", "--max_length", "48",
+        "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "40", "--num_train_epochs", "1",
+        "--output_dir", tmp_path / "out",
+    )  # fmt: skip
+    assert_ok(proc)
+    results = read_results(tmp_path / "out")
+    assert {"eval_precision", "eval_recall", "eval_f1", "eval_accuracy"} <= results.keys()
+    check_predictions_file(tmp_path / "out" / "predictions_validation.conll", 40)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert {"B-corporation", "I-person", "O"} <= set(config["label2id"]) and len(config["label2id"]) == 13
+
+
+@pytest.mark.long
+@pytest.mark.slow
+@pytest.mark.data
+def test_wnut17_learns(tmp_path):
     train, dev = require_data("wnut17/train.conll", "wnut17/dev.conll")
     proc = run_script(
         "run_ner.py", "--model_name_or_path", minilm_path(), "--train_file", train, "--validation_file", dev,
