@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """A small-scale Table 2 with seeds: Ub, Gb, Lb and MOMETAS, pre-trained and then fine-tuned.
 
-    python study/run_study.py --preset cpu-small          # ~3 h on 2 CPU cores
+    python study/run_study.py --preset cpu-small          # ~2-3 h on 2 quiet CPU cores
     python study/run_study.py --preset gpu-base --dataset_name allenai/c4 --dataset_config_name en \\
         --launcher "accelerate launch"                    # the paper's scale (Table 6), 8 GPUs
 
@@ -60,11 +60,11 @@ PRESETS = {
         model=None,  # the offline MiniLM
         train_documents=10_000, validation_documents=400,
         pretrain=["--max_seq_length", "128", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size",
-                  "32", "--max_train_steps", "400", "--meta_length", "20", "--learning_rate", "5e-5",
+                  "32", "--max_train_steps", "300", "--meta_length", "20", "--learning_rate", "5e-5",
                   "--entity_tagger", "spacy", "--logging_steps", "20"],
         seeds=[1, 2, 3],
         finetune=["--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--learning_rate",
-                  "5e-5", "--max_length", "128", "--warmup_ratio", "0.06", "--num_train_epochs", "3",
+                  "5e-5", "--max_length", "128", "--warmup_ratio", "0.06", "--num_train_epochs", "2",
                   "--max_train_samples", "1000", "--seed", "42"],
         tasks=["sst2", "mrpc", "stsb", "conll2003"],
     ),
