@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite: the offline MiniLM tokenizer and a tiny random BERT."""
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,17 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Scripts called in-process set up logging with force=True on the stderr of *their* test; a later
+    test must not log into that closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_collection_modifyitems(config, items):
