@@ -10,7 +10,8 @@ targets of another row) with ``run_mometas_pretraining.py`` itself, in five arms
   robust_named   MOMETAS with the default reward over --reward_objectives mlm,cse,atd,dtd
   robust_mlm     MOMETAS with the default reward over --reward_objectives mlm
 
-Every arm starts from a *warm* MiniLM whose MLM head was first trained with plain MLM
+Each run trains 400 steps of 8 x 64-token sequences with K = 8: 50 sampler updates, each on one
+fixed meta-test batch of 32 sequences per objective. Every arm starts from a *warm* MiniLM whose MLM head was first trained with plain MLM
 (``--warm_steps``; one run shared by all arms). The MiniLM checkpoint ships without an MLM
 head, and a first attempt from the raw checkpoint showed why that matters: with a random head,
 MLM spends the whole run learning unigram frequencies, which shuffled_mlm teaches just as
@@ -22,7 +23,7 @@ an arm when (a) in at least 4 of 5 seeds the average weight of shuffled_mlm over
 half of training is below 0.10 (half of uniform's 0.20), and (b) the mean final MLM
 validation loss is not worse than uniform's.
 
-    python study/planted.py                 # all arms; cached per run, resumable
+    python study/planted.py --arms uniform,paper,robust_all,robust_named   # cached per run, resumable
     python study/planted.py --jobs 2        # two runs at a time, one thread each
     python study/planted.py --report_only   # tables and plot from the cached runs
 
@@ -63,10 +64,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", default=",".join(ARMS), help="Comma-separated arms to run.")
     p.add_argument("--seeds", default="1,2,3,4,5")
-    p.add_argument("--max_train_steps", type=int, default=600)
-    p.add_argument("--meta_length", type=int, default=10)
+    p.add_argument("--max_train_steps", type=int, default=400)
+    p.add_argument("--meta_length", type=int, default=8)
     p.add_argument("--max_seq_length", type=int, default=64)
-    p.add_argument("--per_device_train_batch_size", type=int, default=16)
+    p.add_argument("--per_device_train_batch_size", type=int, default=8)
+    p.add_argument("--per_device_eval_batch_size", type=int, default=32, help="Meta-test and final-evaluation batch.")
+    p.add_argument("--warm_batch_size", type=int, default=16, help="Training batch of the warm start.")
     p.add_argument("--final_eval_batches", type=int, default=8)
     p.add_argument("--warm_steps", type=int, default=800, help="Plain-MLM steps that train the MLM head first.")
     p.add_argument("--warm_learning_rate", type=float, default=1e-4)
@@ -82,16 +85,16 @@ def parse_args(argv=None):
     return args
 
 
-def common_args(args):
+def common_args(args, batch_size=None):
     return ["--train_file", args.train_file or str(wiki_corpus()), "--max_seq_length", str(args.max_seq_length),
-            "--per_device_train_batch_size", str(args.per_device_train_batch_size),
-            "--per_device_eval_batch_size", str(2 * args.per_device_train_batch_size), "--logging_steps", "50"]
+            "--per_device_train_batch_size", str(batch_size or args.per_device_train_batch_size),
+            "--per_device_eval_batch_size", str(args.per_device_eval_batch_size), "--logging_steps", "50"]
 
 
 def warm_start(args, threads):
     """The shared starting point: MiniLM after ``--warm_steps`` of plain MLM (cached)."""
     key = Hasher.hash((args.model_name_or_path or minilm_path(), args.train_file, args.warm_steps,
-                       args.warm_learning_rate, args.max_seq_length, args.per_device_train_batch_size, args.extra))
+                       args.warm_learning_rate, args.max_seq_length, args.warm_batch_size, args.extra))
     folder = args.cache / f"warm_{key[:12]}"
     if (folder / "warm.done").is_file():
         return folder
@@ -99,7 +102,7 @@ def warm_start(args, threads):
         shutil.rmtree(folder)
     log(f"planted: warm start, {args.warm_steps} steps of plain MLM ...")
     command = [sys.executable, "run_mometas_pretraining.py", "--model_name_or_path",
-               args.model_name_or_path or minilm_path(), *common_args(args), "--objectives", "mlm", "--sampler",
+               args.model_name_or_path or minilm_path(), *common_args(args, args.warm_batch_size), "--objectives", "mlm", "--sampler",
                "uniform", "--max_train_steps", str(args.warm_steps), "--meta_length", str(args.warm_steps),
                "--learning_rate", str(args.warm_learning_rate), "--seed", "0", "--output_dir", str(folder),
                *args.extra.split()]
@@ -161,7 +164,7 @@ def final_losses(output_dir, args, seed):
     splits = prepare_corpus(args.train_file or wiki_corpus(), tokenizer, objectives=OBJECTIVES,
                             max_seq_length=args.max_seq_length, seed=seed)
     pad = PadCollator(tokenizer.pad_token_id)
-    batches = meta_test_batches(splits["validation"], batch_size=2 * args.per_device_train_batch_size,
+    batches = meta_test_batches(splits["validation"], batch_size=args.per_device_eval_batch_size,
                                 num_batches=args.final_eval_batches, seed=1234, step=0, process_index=0, pad=pad,
                                 fixed=True)
     collators = build_objectives(OBJECTIVES, tokenizer, seed=1234, max_length=args.max_seq_length)

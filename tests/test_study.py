@@ -53,7 +53,8 @@ def test_planted_objective_proof_harness(tiny_bert, small_corpus, tmp_path):
     results = tmp_path / "planted"
     table = run("planted.py", "--model_name_or_path", tiny_bert, "--train_file", small_corpus, "--arms",
                 "uniform,robust_named", "--seeds", 1, "--max_train_steps", 10, "--meta_length", 5,
-                "--max_seq_length", 32, "--per_device_train_batch_size", 4, "--final_eval_batches", 1, "--warm_steps", 3,
+                "--max_seq_length", 32, "--per_device_train_batch_size", 4, "--per_device_eval_batch_size", 8,
+                "--warm_batch_size", 4, "--final_eval_batches", 1, "--warm_steps", 3,
                 "--results", results)
     runs = sorted(p.name for p in results.glob("*.json"))
     assert runs == ["robust_named_seed1.json", "uniform_seed1.json"]
