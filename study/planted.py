@@ -40,6 +40,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,6 +58,7 @@ ARMS = {
     "robust_mlm": ["--sampler", "mometas", "--reward_objectives", "mlm"],
 }
 CACHE = STUDY_DIR / "cache" / "planted"
+FINAL_EVAL_LOCK = threading.Lock()
 OUT = RESULTS_DIR / "planted"
 
 
@@ -128,19 +130,24 @@ def run_one(args, arm, seed, threads):
     result_path = Path(args.results) / f"{arm}_seed{seed}.json"
     if result_path.is_file():
         return read_json(result_path)
-    output_dir = args.cache / f"{arm}_seed{seed}"
-    if output_dir.exists():  # a killed run: start it again from scratch
-        shutil.rmtree(output_dir)
-    log(f"planted: {arm} seed {seed} ...")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, __file__, "_pretrain", *script_args(args, arm, seed, output_dir)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{arm} seed {seed} failed:\n{done.stderr[-3000:]}")
     from mometas_utils.history import read_history
 
-    rows = read_history(output_dir)
-    final = final_losses(output_dir, args, seed)
+    output_dir = args.cache / f"{arm}_seed{seed}"
+    rows = read_history(output_dir) if (output_dir / "model.safetensors").is_file() else []
+    if not rows or rows[-1]["step"] != args.max_train_steps:
+        if output_dir.exists():  # a killed run: start it again from scratch
+            shutil.rmtree(output_dir)
+        log(f"planted: {arm} seed {seed} ...")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+        command = [sys.executable, __file__, "_pretrain", *script_args(args, arm, seed, output_dir)]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{arm} seed {seed} failed:\n{done.stderr[-3000:]}")
+        rows = read_history(output_dir)
+    # from_pretrained builds the model under a process-wide meta-device context: two threads
+    # loading at once put each other's tensors on "meta".
+    with FINAL_EVAL_LOCK:
+        final = final_losses(output_dir, args, seed)
     result = {"arm": arm, "seed": seed, "rows": rows, "final_val_loss": final}
     write_json(result_path, result)
     shutil.rmtree(output_dir)  # the model is not kept: the study commits numbers, never checkpoints
