@@ -214,6 +214,8 @@ def analyse(results, max_steps):
             "seeds_below_0.10": sum(w < 0.10 for w in second),
             "final_mlm_loss": _mean_std(mlm), "mlm_loss_minus_uniform": _mean_std(paired) if paired else None,
             "final_val_loss_mean": {o: statistics.fmean(r["final_val_loss"][o] for r in runs) for o in OBJECTIVES},
+            "window_correlations": {k: _mean_std([window_correlations(r["rows"])[k] for r in runs])
+                                    for k in ("draws_vs_mlm_loss_change", "draws_vs_reward", "draws_vs_mlm_term")},
             "min_probability": min(min(p for row in r["rows"] if row.get("probabilities")
                                        for p in row["probabilities"].values()) for r in runs),
         }
@@ -224,8 +226,34 @@ def analyse(results, max_steps):
     return arms
 
 
+def _corr(xs, ys):
+    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
+        return None
+    return statistics.correlation(xs, ys)
+
+
+def window_correlations(rows):
+    """Per meta-test window: corr(draws of the planted objective, change of MLM's validation loss),
+    corr(draws, R) and corr(draws, MLM's own reward term). Harm shows as a positive first number;
+    a reward that sees it, as negative second and third ones."""
+    windows = [r for r in rows if r.get("counts") and r.get("reward_terms")]
+    prev = {r["step"]: r for r in rows}
+    steps = [r["step"] for r in rows]
+    draws, harm, reward, mlm_term = [], [], [], []
+    for r in windows:
+        before = prev[steps[steps.index(r["step"]) - 1]]
+        draws.append(r["counts"].get(PLANTED, 0))
+        harm.append(r["val_loss"]["mlm"] - before["val_loss"]["mlm"])
+        reward.append(r["reward"])
+        mlm_term.append(r["reward_terms"]["mlm"])
+    return {"draws_vs_mlm_loss_change": _corr(draws, harm), "draws_vs_reward": _corr(draws, reward),
+            "draws_vs_mlm_term": _corr(draws, mlm_term)}
+
+
 def _mean_std(xs):
     xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
     return {"mean": statistics.fmean(xs), "std": statistics.pstdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
@@ -264,6 +292,12 @@ def markdown(arms) -> str:
         lines.append(f"| {arm} | {ms(a['average_weight'])} | {ms(a['second_half_weight'])} | {ms(a['final_weight'])} "
                      f"| {a['seeds_below_0.10']}/{len(a['seeds'])} | {ms(a['final_mlm_loss'], 4)} | "
                      f"{ms(a['mlm_loss_minus_uniform'], 4)} | {a['min_probability']:.3f} | {proof} |")
+    lines += ["", "Per meta-test window, correlation of the planted objective's draws with (mean ± std over seeds):", "",
+              "| arm | MLM val-loss change (harm > 0) | reward R | MLM's reward term |", "|---|---|---|---|"]
+    for arm, a in arms.items():
+        c = a["window_correlations"]
+        lines.append(f"| {arm} | {ms(c['draws_vs_mlm_loss_change'], 2)} | {ms(c['draws_vs_reward'], 2)} | "
+                     f"{ms(c['draws_vs_mlm_term'], 2)} |")
     return "\n".join(lines)
 
 
