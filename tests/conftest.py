@@ -24,7 +24,9 @@ def _root_logging_restored():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
-    root.handlers[:] = handlers
+    for handler in root.handlers[:]:
+        if handler not in handlers and type(handler).__module__ != "_pytest.logging":
+            root.removeHandler(handler)
     root.setLevel(level)
 
 
