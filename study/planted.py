@@ -236,12 +236,10 @@ def window_correlations(rows):
     """Per meta-test window: corr(draws of the planted objective, change of MLM's validation loss),
     corr(draws, R) and corr(draws, MLM's own reward term). Harm shows as a positive first number;
     a reward that sees it, as negative second and third ones."""
-    windows = [r for r in rows if r.get("counts") and r.get("reward_terms")]
-    prev = {r["step"]: r for r in rows}
-    steps = [r["step"] for r in rows]
     draws, harm, reward, mlm_term = [], [], [], []
-    for r in windows:
-        before = prev[steps[steps.index(r["step"]) - 1]]
+    for before, r in zip(rows, rows[1:]):
+        if not (r.get("counts") and r.get("reward_terms")):
+            continue
         draws.append(r["counts"].get(PLANTED, 0))
         harm.append(r["val_loss"]["mlm"] - before["val_loss"]["mlm"])
         reward.append(r["reward"])
