@@ -9,6 +9,7 @@ targets of another row) with ``run_mometas_pretraining.py`` itself, in five arms
   robust_all     MOMETAS with the project's default reward, over all objectives
   robust_named   MOMETAS with the default reward over --reward_objectives mlm,cse,atd,dtd
   robust_mlm     MOMETAS with the default reward over --reward_objectives mlm
+  robust_mlm_lambda1  the same with --entropy_lambda 1 (the low end of the paper's 1-3)
 
 Each run trains 400 steps of 8 x 64-token sequences with K = 8: 50 sampler updates, each on one
 fixed meta-test batch of 32 sequences per objective. Every arm starts from a *warm* MiniLM whose MLM head was first trained with plain MLM
@@ -56,6 +57,9 @@ ARMS = {
     "robust_all": ["--sampler", "mometas"],
     "robust_named": ["--sampler", "mometas", "--reward_objectives", "mlm,cse,atd,dtd"],
     "robust_mlm": ["--sampler", "mometas", "--reward_objectives", "mlm"],
+    # lambda = 1, the low end of the paper's 1-3: the entropy bonus enters once per update while
+    # the REINFORCE term sums K draws, so at K = 8 lambda = 3 holds P_D near uniform (sampler_model.py).
+    "robust_mlm_lambda1": ["--sampler", "mometas", "--reward_objectives", "mlm", "--entropy_lambda", "1"],
 }
 CACHE = STUDY_DIR / "cache" / "planted"
 FINAL_EVAL_LOCK = threading.Lock()
@@ -79,6 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--train_file", default=None, help="Default: the shared Wikipedia sample.")
     p.add_argument("--extra", default="", help="Extra flags for every run (quoted), e.g. for a tiny test.")
     p.add_argument("--jobs", type=int, default=1, help="Runs at a time (each gets cores / jobs threads).")
+    p.add_argument("--threads", type=int, default=None, help="Threads per run (default: cores / jobs), e.g. 1 beside another study.")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--results", default=str(OUT), help="Folder of the per-run results.")
     args = p.parse_args(argv)
@@ -322,7 +327,7 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",") if s]
     jobs = [(arm, seed) for seed in seeds for arm in arms]
     if not args.report_only:
-        threads = max(1, (os.cpu_count() or 2) // args.jobs)
+        threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
         args.warm_model = warm_start(args, os.cpu_count() or 2)
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: run_one(args, *job, threads), jobs))

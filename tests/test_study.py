@@ -88,3 +88,30 @@ def test_study_harness_caches_and_reports(tiny_bert, small_corpus, tmp_path, sha
         shutil.rmtree(STUDY / "cache" / name, ignore_errors=True)
         for suffix in (".json", "_weights.png", "_reward.png"):
             (STUDY / "results" / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def test_sampler_model_recovers_the_planted_effect_and_predicts_lambda(tmp_path):
+    """Synthetic uniform windows with a known per-draw effect: the fit finds it, and the simulated
+    sampler keeps more weight on the harmful objective with lambda = 3 than with lambda = 0."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    names = ["mlm", "cse", "atd", "dtd", "shuffled_mlm"]
+    alpha = np.array([3e-3, 0.0, 0.0, 0.0, -6e-3])
+    for seed in (1, 2):
+        loss, rows = 5.0, [{"val_loss": {"mlm": 5.0}, "counts": dict.fromkeys(names, 0), "probabilities": None}]
+        for _ in range(60):
+            counts = rng.multinomial(8, [0.2] * 5)
+            loss *= 1 - (counts @ alpha + 1e-3 * rng.standard_normal())
+            rows.append({"val_loss": {"mlm": loss}, "counts": dict(zip(names, counts.tolist())),
+                         "probabilities": dict.fromkeys(names, 0.2)})
+        (tmp_path / f"uniform_seed{seed}.json").write_text(json.dumps({"rows": rows}))
+    out = tmp_path / "model.json"
+    run("sampler_model.py", "--results", tmp_path, "--output", out, "--runs", 4)
+    result = json.loads(out.read_text())
+    fitted = result["fit"]["alpha"]
+    assert fitted["shuffled_mlm"] == pytest.approx(-6e-3, abs=1e-3)
+    assert fitted["mlm"] == pytest.approx(3e-3, abs=1e-3)
+    by_lambda = {r["entropy_lambda"]: r["second_half_mean"] for r in result["settings"]
+                 if r["meta_length"] == 8 and r["updates"] == 50 and r["meta_step_size"] == 0.1}
+    assert by_lambda[0.0] < by_lambda[3.0] < 0.2
