@@ -10,6 +10,7 @@ targets of another row) with ``run_mometas_pretraining.py`` itself, in five arms
   robust_named   MOMETAS with the default reward over --reward_objectives mlm,cse,atd,dtd
   robust_mlm     MOMETAS with the default reward over --reward_objectives mlm
   robust_mlm_lambda1  the same with --entropy_lambda 1 (the low end of the paper's 1-3)
+  robust_mlm_lambda1_4b  the same meta-tested on 4 fixed batches (--meta_eval_batches 4)
 
 Each run trains 400 steps of 8 x 64-token sequences with K = 8: 50 sampler updates, each on one
 fixed meta-test batch of 32 sequences per objective. Every arm starts from a *warm* MiniLM whose MLM head was first trained with plain MLM
@@ -60,6 +61,9 @@ ARMS = {
     # lambda = 1, the low end of the paper's 1-3: the entropy bonus enters once per update while
     # the REINFORCE term sums K draws, so at K = 8 lambda = 3 holds P_D near uniform (sampler_model.py).
     "robust_mlm_lambda1": ["--sampler", "mometas", "--reward_objectives", "mlm", "--entropy_lambda", "1"],
+    # The same meta-tested on 4 fixed batches instead of 1: seeds whose single batch hid the harm.
+    "robust_mlm_lambda1_4b": ["--sampler", "mometas", "--reward_objectives", "mlm", "--entropy_lambda", "1",
+                              "--meta_eval_batches", "4"],
 }
 CACHE = STUDY_DIR / "cache" / "planted"
 FINAL_EVAL_LOCK = threading.Lock()
@@ -216,6 +220,8 @@ def analyse(results, max_steps):
             "seeds": [r["seed"] for r in runs],
             "average_weight": _mean_std(avg), "second_half_weight": _mean_std(second),
             "second_half_weight_per_seed": second, "final_weight": _mean_std(final),
+            # How visible the harm was in each run: seeds differ in their fixed meta-test batch.
+            "harm_correlation_per_seed": [window_correlations(r["rows"])["draws_vs_mlm_loss_change"] for r in runs],
             "seeds_below_0.10": sum(w < 0.10 for w in second),
             "final_mlm_loss": _mean_std(mlm), "mlm_loss_minus_uniform": _mean_std(paired) if paired else None,
             "final_val_loss_mean": {o: statistics.fmean(r["final_val_loss"][o] for r in runs) for o in OBJECTIVES},
@@ -301,7 +307,18 @@ def markdown(arms) -> str:
         c = a["window_correlations"]
         lines.append(f"| {arm} | {ms(c['draws_vs_mlm_loss_change'], 2)} | {ms(c['draws_vs_reward'], 2)} | "
                      f"{ms(c['draws_vs_mlm_term'], 2)} |")
+    seeds = sorted({seed for a in arms.values() for seed in a["seeds"]})
+    lines += ["", "Per seed: second-half weight of the planted objective / corr(its draws, MLM val-loss change):", "",
+              "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    for arm, a in arms.items():
+        cells = dict(zip(a["seeds"], zip(a["second_half_weight_per_seed"], a["harm_correlation_per_seed"])))
+        lines.append(f"| {arm} | " + " | ".join(
+            "–" if s not in cells else f"{cells[s][0]:.3f} / {_fmt(cells[s][1])}" for s in seeds) + " |")
     return "\n".join(lines)
+
+
+def _fmt(x):
+    return "–" if x is None else f"{x:+.2f}"
 
 
 def pretrain(argv):

@@ -107,11 +107,13 @@ def main(argv=None) -> None:
     print(f"fit on {fit['windows']} uniform windows: per-draw effect on MLM's relative drop "
           + ", ".join(f"{n} {a:+.2e}" for n, a in fit["alpha"].items())
           + f"; residual std {fit['sigma']:.2e}; corr(planted draws, reward) {fit['corr_planted_draws_reward']:+.2f}")
+    # The real arms with these settings, to check the model against: (K, updates, beta, lambda) -> arm.
+    real_arms = {"robust_mlm": 3.0, "robust_mlm_lambda1": 1.0}
     measured = {}
-    for path in sorted(folder.glob("robust_mlm_seed*.json")):
-        rows = read_json(path)["rows"]
-        probs = [r["probabilities"][PLANTED] for r in rows[1:]]
-        measured[path.stem] = statistics.fmean(probs[len(probs) // 2:])
+    for arm in real_arms:
+        for path in sorted(folder.glob(f"{arm}_seed*.json")):
+            probs = [r["probabilities"][PLANTED] for r in read_json(path)["rows"][1:]]
+            measured.setdefault(arm, {})[path.stem] = statistics.fmean(probs[len(probs) // 2:])
     base = dict(meta_length=8, updates=50, meta_step_size=0.1, entropy_lambda=3.0)
     settings = [base]
     settings += [{**base, "entropy_lambda": v} for v in (2.0, 1.0, 0.0)]
@@ -127,9 +129,12 @@ def main(argv=None) -> None:
         print(f"{r['meta_length']:>4} {r['updates']:>7} {r['meta_step_size']:>5} {r['entropy_lambda']:>6} "
               f"{r['second_half_mean']:.3f} ± {r['second_half_std']:.3f} {r['fraction_below_0.10']:>9.2f} "
               f"{r['chance_4_of_5']:>9.2f}")
-    if measured:
-        print("measured robust_mlm second-half p: " + ", ".join(f"{k} {v:.3f}" for k, v in measured.items()))
-    write_json(Path(args.output), {"fit": fit, "measured_robust_mlm": measured, "settings": results})
+    for arm, runs in measured.items():
+        values = list(runs.values())
+        print(f"measured {arm} (lambda {real_arms[arm]:g}), second-half p per seed: "
+              + ", ".join(f"{v:.3f}" for v in values)
+              + f"; mean {statistics.fmean(values):.3f}; below 0.10 in {sum(v < 0.10 for v in values)} of {len(values)}")
+    write_json(Path(args.output), {"fit": fit, "measured": measured, "settings": results})
 
 
 if __name__ == "__main__":
