@@ -255,6 +255,8 @@ def markdown(args, summary) -> str:
     for model, row in summary["table"].items():
         lines.append(f"| {LABELS[model]} | " + " | ".join(cell(row[t]) for t in args.tasks)
                      + f" | {cell(row['average'])} |")
+    lines += ["", "Against Ub (a difference counts when it exceeds the larger of the two stds):", ""]
+    lines += [f"- {line}" for line in compare_to_uniform(args, summary)]
     lines += ["", "Average sampling weights (mean over seeds):", "",
               "| sampler | " + " | ".join(OBJECTIVE_ORDER) + " |", "|---" * (len(OBJECTIVE_ORDER) + 1) + "|"]
     for sampler, weights in summary["average_weights"].items():
@@ -262,6 +264,27 @@ def markdown(args, summary) -> str:
             f"{weights[o]['mean']:.3f} ± {weights[o]['std']:.3f}" if o in weights else "–" for o in OBJECTIVE_ORDER)
             + " |")
     return "\n".join(lines)
+
+
+def compare_to_uniform(args, summary) -> list[str]:
+    """Per sampler and task: the difference from Ub, and whether it lies within one standard deviation."""
+    table, out = summary["table"], []
+    reference = table.get("uniform")
+    if not reference:
+        return ["no Ub runs to compare with"]
+    for model, row in table.items():
+        if model == "uniform":
+            continue
+        cells = []
+        for key in [*args.tasks, "average"]:
+            a, b = row.get(key), reference.get(key)
+            if a is None or b is None:
+                continue
+            diff, spread = a["mean"] - b["mean"], max(a["std"], b["std"])
+            label = "Avg" if key == "average" else TASKS[key][2]
+            cells.append(f"{label} {diff:+.1f} ({'within' if abs(diff) <= spread else 'beyond'} 1 std)")
+        out.append(f"{LABELS[model]}: " + ", ".join(cells))
+    return out
 
 
 OBJECTIVE_ORDER = ["mlm", "cse", "atd", "dtd", "emlm"]
