@@ -61,7 +61,7 @@ ARMS = {
     # lambda = 1, the low end of the paper's 1-3: the entropy bonus enters once per update while
     # the REINFORCE term sums K draws, so at K = 8 lambda = 3 holds P_D near uniform (sampler_model.py).
     "robust_mlm_lambda1": ["--sampler", "mometas", "--reward_objectives", "mlm", "--entropy_lambda", "1"],
-    # The same meta-tested on 4 fixed batches instead of 1: seeds whose single batch hid the harm.
+    # The same meta-tested on 4 fixed batches instead of 1: a probe of whether one batch hid the harm.
     "robust_mlm_lambda1_4b": ["--sampler", "mometas", "--reward_objectives", "mlm", "--entropy_lambda", "1",
                               "--meta_eval_batches", "4"],
 }
@@ -215,17 +215,18 @@ def analyse(results, max_steps):
         second = [weight_between(r["rows"], PLANTED, max_steps / 2, max_steps) for r in runs]
         final = [r["rows"][-1]["probabilities"][PLANTED] for r in runs]
         mlm = [r["final_val_loss"]["mlm"] for r in runs]
+        correlations = [window_correlations(r["rows"]) for r in runs]
         paired = [r["final_val_loss"]["mlm"] - uniform_mlm[r["seed"]] for r in runs if r["seed"] in uniform_mlm]
         arms[arm] = {
             "seeds": [r["seed"] for r in runs],
             "average_weight": _mean_std(avg), "second_half_weight": _mean_std(second),
             "second_half_weight_per_seed": second, "final_weight": _mean_std(final),
-            # How visible the harm was in each run: seeds differ in their fixed meta-test batch.
-            "harm_correlation_per_seed": [window_correlations(r["rows"])["draws_vs_mlm_loss_change"] for r in runs],
+            # How visible the harm was in each run's meta-test windows.
+            "harm_correlation_per_seed": [c["draws_vs_mlm_loss_change"] for c in correlations],
             "seeds_below_0.10": sum(w < 0.10 for w in second),
             "final_mlm_loss": _mean_std(mlm), "mlm_loss_minus_uniform": _mean_std(paired) if paired else None,
             "final_val_loss_mean": {o: statistics.fmean(r["final_val_loss"][o] for r in runs) for o in OBJECTIVES},
-            "window_correlations": {k: _mean_std([window_correlations(r["rows"])[k] for r in runs])
+            "window_correlations": {k: _mean_std([c[k] for c in correlations])
                                     for k in ("draws_vs_mlm_loss_change", "draws_vs_reward", "draws_vs_mlm_term")},
             "min_probability": min(min(p for row in r["rows"] if row.get("probabilities")
                                        for p in row["probabilities"].values()) for r in runs),

@@ -15,9 +15,9 @@ environment, many times, and reports what the planted proof measures: the averag
 shuffled_mlm over the second half and the fraction of runs where it is below 0.10.
 
 It answers which knob moves the outcome (K, beta, lambda, the number of updates) without
-running the encoder. The model is checked against the real ``robust_mlm`` arm first: if the
-simulated second-half weight at the study's setting does not match the measured one, the
-conclusions do not carry over, and the report says so.
+running the encoder. It prints the measured ``robust_mlm`` (lambda 3) and ``robust_mlm_lambda1``
+arms beside the simulation, measured as ``planted.py`` measures them: where the simulated weight
+at the study's setting does not match the measured one, the conclusions do not carry over.
 
     python study/sampler_model.py            # reads study/results/planted/uniform_seed*.json
 """
@@ -33,9 +33,7 @@ import torch
 
 from common import RESULTS_DIR, read_json, write_json
 from mometas_utils.samplers import build_sampler
-
-OBJECTIVES = ["mlm", "cse", "atd", "dtd", "shuffled_mlm"]
-PLANTED = "shuffled_mlm"
+from planted import OBJECTIVES, PLANTED, weight_between
 
 
 def fit_windows(rows_per_run: list[list[dict]]) -> dict:
@@ -93,11 +91,13 @@ def _at_least(k: int, n: int, q: float) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=int, default=200, help="Simulated sampler runs per setting.")
+    p.add_argument("--runs", type=int, default=200, help="Simulated sampler runs per setting (at least 2).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default=str(RESULTS_DIR / "planted"), help="Folder of planted.py's per-run results.")
     p.add_argument("--output", default=str(RESULTS_DIR / "sampler_model.json"))
     args = p.parse_args(argv)
+    if args.runs < 2:
+        p.error(f"--runs: expected at least 2 (a standard deviation needs two runs), got {args.runs}")
     torch.set_num_threads(1)
     folder = Path(args.results)
     uniform = [read_json(path)["rows"] for path in sorted(folder.glob("uniform_seed*.json"))]
@@ -107,13 +107,14 @@ def main(argv=None) -> None:
     print(f"fit on {fit['windows']} uniform windows: per-draw effect on MLM's relative drop "
           + ", ".join(f"{n} {a:+.2e}" for n, a in fit["alpha"].items())
           + f"; residual std {fit['sigma']:.2e}; corr(planted draws, reward) {fit['corr_planted_draws_reward']:+.2f}")
-    # The real arms with these settings, to check the model against: (K, updates, beta, lambda) -> arm.
+    # The real arms at the base setting (K = 8, 50 updates, beta = 0.1), by their lambda.
     real_arms = {"robust_mlm": 3.0, "robust_mlm_lambda1": 1.0}
     measured = {}
     for arm in real_arms:
         for path in sorted(folder.glob(f"{arm}_seed*.json")):
-            probs = [r["probabilities"][PLANTED] for r in read_json(path)["rows"][1:]]
-            measured.setdefault(arm, {})[path.stem] = statistics.fmean(probs[len(probs) // 2:])
+            rows = read_json(path)["rows"]
+            end = rows[-1]["step"]
+            measured.setdefault(arm, {})[path.stem] = weight_between(rows, PLANTED, end / 2, end)
     base = dict(meta_length=8, updates=50, meta_step_size=0.1, entropy_lambda=3.0)
     settings = [base]
     settings += [{**base, "entropy_lambda": v} for v in (2.0, 1.0, 0.0)]
