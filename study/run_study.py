@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """A small-scale Table 2 with seeds: Ub, Gb, Lb and MOMETAS, pre-trained and then fine-tuned.
 
-    python study/run_study.py --preset cpu-small          # ~1.5 h on one free CPU core
+    python study/run_study.py --preset cpu-small          # 2.4 h on one core of a shared 2-core machine
     python study/run_study.py --preset gpu-base --dataset_name allenai/c4 --dataset_config_name en \\
         --launcher "accelerate launch"                    # the paper's scale (Table 6), 8 GPUs
 
@@ -57,7 +57,7 @@ TASKS = {
 
 PRESETS = {
     "cpu-small": dict(
-        # Sized for about 1.5 h on one free core (~2 h with the machine shared): 12 pre-training runs of
+        # Measured 2.4 h on one core of the shared 2-core machine (2026-11-27): 12 pre-training runs of
         # 200 steps x 8 x 64 tokens (K = 10: 20 sampler updates) and 52 fine-tuning runs of 1000 examples.
         model=None,  # the offline MiniLM
         train_documents=4_000, validation_documents=200,
