@@ -148,7 +148,7 @@ def build_parser(given=()):
     mo.add_argument("--objectives", type=str, default="mlm,cse,atd,dtd,emlm",
                     help=f"Comma-separated objectives, from {sorted(OBJECTIVES)}.")
     mo.add_argument("--sampler", type=str, default="mometas", choices=sorted(SAMPLERS),
-                    help="uniform (Ub), gradient (Gb), loss (Lb), mometas, or fixed weights.")
+                    help="uniform (Ub), gradient (Gb), loss (Lb), mometas, fixed weights, or exp3 (ODM's bandit).")
     mo.add_argument("--meta_length", type=int, default=SAMPLER_DEFAULTS["meta_length"],
                     help="K: steps of meta-train between meta-tests.")
     mo.add_argument("--meta_step_size", type=float, default=SAMPLER_DEFAULTS["meta_step_size"],
@@ -182,6 +182,8 @@ def build_parser(given=()):
                     "none --no_reward_normalize --min_probability 0 --no_meta_eval_fixed. Explicit flags still win.")
     mo.add_argument("--sampler_weights", type=str, default=None,
                     help="For --sampler fixed: 'mlm=2,cse=1,...' or '2,1,...' in --objectives order.")
+    mo.add_argument("--exp3_smoothing", type=float, default=0.9,
+                    help="For --sampler exp3 (ODM's bandit): alpha, the weight of the old estimated reward.")
     mo.add_argument("--meta_eval_batches", type=int, default=1,
                     help="Validation batches of --per_device_eval_batch_size per objective (per process) at each "
                     "meta-test. The paper's code uses one batch twice the training batch size.")
@@ -393,6 +395,7 @@ def make_sampler(args):
         meta_step_size=args.meta_step_size,
         entropy_lambda=args.entropy_lambda,
         weights=parse_weights(args.sampler_weights, args.objective_list),
+        smoothing=args.exp3_smoothing,
         reward_floor=args.reward_floor,
         reward_dead_zone=args.reward_dead_zone,
         reward_objectives=args.reward_objectives,
@@ -946,7 +949,8 @@ def train(args, hub_token=None):
 
 
 # Library errors name Python arguments; where a flag is spelled differently, say the flag.
-ARGUMENT_FLAGS = {"weights": "sampler_weights", "sampler": "sampler", "objectives": "objectives"}
+ARGUMENT_FLAGS = {"weights": "sampler_weights", "smoothing": "exp3_smoothing", "sampler": "sampler",
+                  "objectives": "objectives"}
 
 
 def cli_message(error, args):

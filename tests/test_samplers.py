@@ -10,6 +10,7 @@ from mometas_utils.errors import MometasInputError
 from mometas_utils.rewards import PAPER_REWARD, compute_reward
 from mometas_utils.samplers import (
     SAMPLERS,
+    Exp3Sampler,
     FixedSampler,
     GradientSampler,
     LossSampler,
@@ -259,8 +260,8 @@ def test_state_round_trips_exactly(name):
     if name == "mometas":
         assert torch.equal(fresh.logits, s.logits)
         assert not torch.equal(s.logits, torch.zeros(4, dtype=torch.float64))  # it did learn
-    if name in ("gradient", "loss"):
-        assert s.probabilities != {o: 0.25 for o in OBJ}  # windows were folded in
+    if name in ("gradient", "loss", "exp3"):
+        assert s.probabilities != {o: 0.25 for o in OBJ}  # windows (exp3: every step) were folded in
 
 
 def test_load_state_rejects_other_sampler_or_objectives():
@@ -393,6 +394,8 @@ BAD_ARGUMENTS = [
     ("reward_baseline_decay", lambda: MometasSampler(OBJ, reward_baseline_decay=1.0)),
     ("min_probability", lambda: MometasSampler(OBJ, min_probability=0.25)),
     ("min_probability", lambda: MometasSampler(OBJ, min_probability=-0.01)),
+    ("smoothing", lambda: Exp3Sampler(OBJ, smoothing=1.0)),
+    ("smoothing", lambda: Exp3Sampler(OBJ, smoothing=-0.1)),
 ]
 
 
@@ -445,4 +448,65 @@ def test_defaults_follow_the_paper():
     assert (p.advantage.baseline, p.advantage.normalize) == ("none", False)
     assert s.requires_meta_test and not s.requires_grad_norm
     assert s.probabilities == {o: 0.25 for o in OBJ}  # psi = 0: uniform start
-    assert sorted(SAMPLERS) == ["fixed", "gradient", "loss", "mometas", "uniform"]
+    assert sorted(SAMPLERS) == ["exp3", "fixed", "gradient", "loss", "mometas", "uniform"]
+
+
+# ---------------------------------------------------------------------- EXP3 (ODM)
+
+
+def test_exp3_follows_odm_by_hand():
+    """Three steps of ODM's Algorithm 1 with m = 4, computed by hand.
+
+    eps_t = min(1/4, sqrt(ln 4 / (4 t))) is 1/4 until t = 6 (ln 4 / 24 = 0.0578 < 1/16 = 0.0625
+    only from t = 6 on), so the first draws are uniform whatever the estimates; then
+    pi_i = (1 - 4 eps_{t+1}) softmax(eps_t R)_i + eps_{t+1}.
+    """
+    s = Exp3Sampler(OBJ, smoothing=0.5, seed=0)
+    assert s.probabilities == {o: 0.25 for o in OBJ}
+    # Step 1 on mlm (drawn with 1/4), loss 2: R_mlm = 0.5 * 0 + 0.5 * 2 / 0.25 = 4.
+    s.observe("mlm", 2.0)
+    assert s.estimates.tolist() == [4.0, 0.0, 0.0, 0.0]
+    # Step 2 on mlm again, loss 1: R_mlm = 0.5 * 4 + 0.5 * 1 / 0.25 = 4; step 3 on atd, loss 3: R_atd = 6.
+    s.observe("mlm", 1.0)
+    s.observe("atd", 3.0)
+    assert s.estimates.tolist() == [4.0, 0.0, 6.0, 0.0]
+    assert s.probabilities == {o: 0.25 for o in OBJ}  # eps_4 = 1/4: pure exploration still
+    for _ in range(2):  # two more losses of 0 on sbo: R_sbo stays 0, t = 5
+        s.observe("sbo", 0.0)
+    eps5, eps6 = (min(0.25, math.sqrt(math.log(4) / (4 * t))) for t in (5, 6))
+    assert (s.exploration_rate(5), s.exploration_rate(6)) == (eps5, eps6)
+    assert eps5 == 0.25 and eps6 < 0.25
+    weights = [math.exp(eps5 * r) for r in (4.0, 0.0, 6.0, 0.0)]
+    expected = [(1 - 4 * eps6) * w / sum(weights) + eps6 for w in weights]
+    assert list(s.probabilities.values()) == pytest.approx(expected, rel=1e-12)
+    # The importance weight is the probability the objective was drawn with: a loss of 1 on emlm
+    # (pi = expected[3]) moves R_emlm to 0.5 / expected[3].
+    s.observe("emlm", 1.0)
+    assert float(s.estimates[3]) == pytest.approx(0.5 / expected[3], rel=1e-12)
+
+
+def test_exp3_favours_the_objective_with_the_highest_training_loss():
+    s = Exp3Sampler(["easy", "hard"], seed=1)
+    favoured = {}
+    for step in range(1, 5001):
+        objective = s.sample()
+        s.observe(objective, 6.0 if objective == "hard" else 1.0)
+        if step in (200, 5000):
+            favoured[step] = s.probabilities["hard"]
+    assert favoured[200] > 0.55 and favoured[5000] > 0.5
+    # The estimates are smoothed averages, not sums, while eps_t shrinks like 1/sqrt(t): the
+    # exponent eps_t * R_i shrinks and the distribution drifts back toward uniform.
+    assert favoured[5000] < favoured[200]
+    assert s.probabilities["easy"] >= s.exploration_rate(s.steps + 1)
+
+
+def test_exp3_ignores_non_finite_losses_and_meta_tests():
+    s = Exp3Sampler(OBJ)
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        s.observe("mlm", math.inf)
+    assert s.steps == 0 and not s.estimates.any()
+    s.update(BASELINES)
+    s.sample()
+    metrics = s.update(CURRENT)
+    assert metrics["reward"] == pytest.approx(HAND_REWARD["relative"])  # reported for comparison ...
+    assert not metrics["updated"] and s.probabilities == {o: 0.25 for o in OBJ}  # ... and never learned from

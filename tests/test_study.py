@@ -49,21 +49,71 @@ def test_reward_noise_diagnostic(tiny_bert, small_corpus, tmp_path):
                                   "--null_pairs", 3, "--eval_batches", 2, "--output", out)
 
 
-def test_planted_objective_proof_harness(tiny_bert, small_corpus, tmp_path):
-    results = tmp_path / "planted"
-    table = run("planted.py", "--model_name_or_path", tiny_bert, "--train_file", small_corpus, "--arms",
-                "uniform,robust_named", "--seeds", 1, "--max_train_steps", 10, "--meta_length", 5,
-                "--max_seq_length", 32, "--per_device_train_batch_size", 4, "--per_device_eval_batch_size", 8,
-                "--warm_batch_size", 4, "--final_eval_batches", 1, "--warm_steps", 3,
-                "--results", results)
-    runs = sorted(p.name for p in results.glob("*.json"))
-    assert runs == ["robust_named_seed1.json", "uniform_seed1.json"]
-    named = json.loads((results / "robust_named_seed1.json").read_text())
-    assert all(set(row["reward_terms"]) == {"mlm", "cse", "atd", "dtd"} for row in named["rows"] if row["reward_terms"])
-    assert named["rows"][-1]["probabilities"]["shuffled_mlm"] != 0.2  # the sampler did update
-    assert set(named["final_val_loss"]) == {"mlm", "cse", "atd", "dtd", "shuffled_mlm"}
-    assert (tmp_path / "planted_probability.png").is_file()
-    assert "| robust_named |" in table and "| uniform |" in table
+def test_planted_benchmark_harness(tiny_bert, small_corpus, tmp_path):
+    """The benchmark at toy size: the small testbed from scratch, two fractions, uniform and the oracle."""
+    results = tmp_path / "benchmark"
+    args = ["--testbed", "small", "--model_name_or_path", tiny_bert, "--train_file", small_corpus, "--meta_lengths", 5,
+            "--seeds", 1, "--max_train_steps", 10, "--max_seq_length", 32, "--per_device_train_batch_size", 4,
+            "--per_device_eval_batch_size", 8, "--warm_batch_size", 4, "--final_eval_batches", 1, "--warm_steps", 3,
+            "--layers", 1, "--hidden_size", 32, "--heads", 2, "--results", results]
+    table = run("planted.py", *args, "--arms", "robust_mlm,oracle", "--fractions", "1,0")
+    names = sorted(p.name for p in results.glob("*.json"))
+    assert names == ["small_K5_f0_oracle_seed1.json", "small_K5_f0_robust_mlm_seed1.json",
+                     "small_K5_f1_oracle_seed1.json", "small_K5_f1_robust_mlm_seed1.json"]
+    run_file = json.loads((results / "small_K5_f1_robust_mlm_seed1.json").read_text())
+    assert run_file["settings"]["hidden_size"] == 32 and run_file["meta_length"] == 5 and run_file["fraction"] == 1
+    assert [row["step"] for row in run_file["rows"]] == [0, 5, 10]
+    assert all(set(row["reward_terms"]) == {"mlm"} for row in run_file["rows"] if row["reward_terms"])
+    assert run_file["rows"][-1]["probabilities"]["shuffled_mlm"] != 0.2  # the sampler did update
+    assert set(run_file["final_val_loss"]) == {"mlm", "cse", "atd", "dtd", "shuffled_mlm"}
+    assert run_file["cpu_seconds"] > 0
+    oracle = json.loads((results / "small_K5_f1_oracle_seed1.json").read_text())
+    assert set(oracle["final_val_loss"]) == {"mlm", "cse", "atd", "dtd"}
+    assert oracle["rows"][-1]["val_loss"] is not None  # samplers that need no meta-test are meta-tested too
+    # Committed results never name a path of the machine they ran on.
+    assert str(ROOT) not in json.dumps(run_file) and "/tmp" not in json.dumps(run_file["settings"])
+    summary = json.loads((tmp_path / "benchmark.json").read_text())["groups"]
+    regret = summary["small/K5/f1/robust_mlm"]["regret"]["mean"]
+    assert regret == pytest.approx(run_file["final_val_loss"]["mlm"] - oracle["final_val_loss"]["mlm"])
+    assert (tmp_path / "benchmark_weights.png").is_file() and (tmp_path / "benchmark_power.png").is_file()
+    assert "**small, K = 5 (2 updates), f = 1**" in table and "| robust_mlm |" in table
+    # Cached: a second call runs nothing.
+    again = run("planted.py", *args, "--arms", "oracle", "--fractions", "1")
+    assert "1 already done" in again and "small_K5_f1_oracle_seed1 ..." not in again
+
+
+def test_planted_measures_by_hand():
+    import sys
+
+    sys.path.insert(0, str(STUDY))
+    from planted_analysis import analyse, time_to_drop, weight_between
+
+    def rows(weights, k=10):
+        return [{"step": i * k, "probabilities": {"shuffled_mlm": w}, "val_loss": {"mlm": 5.0},
+                 "counts": {"shuffled_mlm": 2}, "reward": 0.0} for i, w in enumerate(weights)]
+
+    # 0.2 on [0, 10), 0.05 on [10, 20), 0.12 on [20, 30), 0.08 on [30, 40): second half [20, 40) = 0.10.
+    history = rows([0.2, 0.05, 0.12, 0.08, 0.06])
+    assert weight_between(history, "shuffled_mlm", 20, 40) == pytest.approx(0.10)
+    assert time_to_drop(history) == 30  # the dip at step 10 does not last
+    assert time_to_drop(rows([0.2, 0.05, 0.12])) is None
+    runs = []
+    for arm, final, weights in (("uniform", 5.0, [0.2] * 5), ("robust_mlm", 4.8, [0.2, 0.1, 0.05, 0.05, 0.05]),
+                                ("oracle", 4.5, None)):
+        for seed in range(1, 6):
+            runs.append({"testbed": "small", "meta_length": 10, "fraction": 1.0, "arm": arm, "seed": seed,
+                         "objectives": ["mlm"] + ([] if weights is None else ["shuffled_mlm"]),
+                         "settings": {"max_train_steps": 40}, "final_val_loss": {"mlm": final + 0.01 * seed},
+                         "rows": rows(weights or [0.2] * 5)})
+    groups = analyse(runs)
+    g = groups["small/K10/f1/robust_mlm"]
+    assert g["seeds_below_0.10"] == 5 and g["time_to_drop_per_seed"] == [20] * 5
+    assert g["mlm_loss_minus_uniform"]["mean"] == pytest.approx(-0.2)
+    assert g["regret"]["mean"] == pytest.approx(0.3)
+    # No f = 0 control was run: the bar holds on what was measured and says the control is missing.
+    assert g["bar"] == {"dropped_in_4_of_5": True, "mlm_no_worse_than_uniform": True,
+                        "duplicate_kept_in_4_of_5": None, "holds": True}
+    assert groups["small/K10/f1/uniform"]["seeds_below_0.10"] == 0 and groups["small/K10/f1/uniform"]["bar"] is None
 
 
 def test_study_harness_caches_and_reports(tiny_bert, small_corpus, tmp_path, shared_data):
@@ -115,3 +165,39 @@ def test_sampler_model_recovers_the_planted_effect_and_predicts_lambda(tmp_path)
     by_lambda = {r["entropy_lambda"]: r["second_half_mean"] for r in result["settings"]
                  if r["meta_length"] == 8 and r["updates"] == 50 and r["meta_step_size"] == 0.1}
     assert by_lambda[0.0] < by_lambda[3.0] < 0.2
+
+
+def test_planted_objective_corrupts_the_share_f_of_masked_targets(tokenizer):
+    """shuffled_mlm's dial: f = 0 is MLM, f = 1 takes every target from the next row, f = 0.5 about half."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(STUDY))
+    import shuffled_mlm
+
+    from mometas_utils.objectives import MLMCollator, build_objectives
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 20000, (64, 48), generator=generator)
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    reference = MLMCollator(tokenizer, seed=5)(dict(batch))
+    masked = reference["labels"] != -100
+    other = torch.roll(ids, 1, 0)
+    try:
+        for f in (0.0, 0.5, 1.0):
+            shuffled_mlm.register(f)
+            out = build_objectives(["shuffled_mlm"], tokenizer, seed=5)["shuffled_mlm"](dict(batch))
+            # The inputs (masks, 80/10/10) are MLM's: only the targets change.
+            assert torch.equal(out["input_ids"], reference["input_ids"]) and torch.equal(out["labels"] != -100, masked)
+            from_other = (out["labels"] == other)[masked].float().mean().item()
+            kept = (out["labels"] == reference["labels"])[masked].float().mean().item()
+            if f == 0.0:
+                assert kept == 1.0
+            elif f == 1.0:
+                assert from_other == 1.0
+            else:
+                assert 0.4 < from_other < 0.6 and from_other + kept == pytest.approx(1.0, abs=0.01)
+    finally:
+        shuffled_mlm.register(1.0)

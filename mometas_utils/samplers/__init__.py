@@ -9,6 +9,7 @@ gradient  Gb: p_i proportional to sigmoid(mean encoder grad-norm of T^i over the
 loss      Lb: p_i proportional to sigmoid(inverse training rate of T^i over the window).
 mometas   the meta-sampler: p = softmax(psi), psi learned with REINFORCE (Eq. 2-4).
 fixed     user-given weights (ablations, replaying a schedule MOMETAS learned).
+exp3      ODM's EXP3 bandit (Albalak et al., 2023): the sampled objective's training loss as reward.
 ========  =====================================================================
 
 The training loop drives every sampler the same way::
@@ -26,12 +27,13 @@ a uniform run's reward curve can be compared with MOMETAS's (Figure 3); only MOM
 learns from it. The reward itself (Eq. 3 and its guards) lives in :mod:`mometas_utils.rewards`.
 
 Files: ``base.py`` (the interface, registry and factory), ``rule_based.py`` (Ub, Gb, Lb,
-fixed), ``mometas.py`` (the meta-sampler). A new strategy is one subclass of
+fixed), ``mometas.py`` (the meta-sampler), ``exp3.py`` (the online-data-mixing anchor). A new strategy is one subclass of
 :class:`ObjectiveSampler` decorated with :func:`register_sampler`.
 """
 
 
 from .base import DTYPE, SAMPLERS, ObjectiveSampler, build_sampler, register_sampler
+from .exp3 import Exp3Sampler
 from .mometas import MometasSampler
 from .rule_based import FixedSampler, GradientSampler, LossSampler, UniformSampler
 
@@ -43,6 +45,7 @@ __all__ = [
     "LossSampler",
     "MometasSampler",
     "FixedSampler",
+    "Exp3Sampler",
     "SAMPLERS",
     "register_sampler",
     "build_sampler",
