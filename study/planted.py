@@ -321,7 +321,8 @@ def jobs_of(args):
         if any(not 0 <= f <= 1 for f in fractions):
             sys.exit(f"error: --fractions: expected fractions in [0, 1], got {args.fractions}")
         grid = [(args.testbed, k, f, arms) for k in ks for f in fractions]
-    return [(testbed, k, f, arm, seed) for testbed, k, f, arms in grid for arm in arms for seed in seeds]
+    # Seed by seed, so that a grid stopped half-way has every arm on the same seeds.
+    return [(testbed, k, f, arm, seed) for testbed, k, f, arms in grid for seed in seeds for arm in arms]
 
 
 def main(argv=None):
