@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import accelerate_launch
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_mometas_pretraining.py"
 SECRET = "hf_TESTSECRETtokenABCDEFGHIJKLMNOP"
@@ -214,12 +216,12 @@ def test_resume_into_another_output_dir_continues_tokens_seen(full_run, tiny_ber
         assert row == original[row["step"]]
 
 
-def test_two_processes_draw_the_same_objectives_and_finish_off_the_meta_length(tiny_bert, english_corpus, tmp_path):
+def test_two_processes_draw_the_same_objectives_and_finish_off_the_meta_length(tiny_bert, english_corpus, tmp_path,
+                                                                                default_port_taken):
     # 25 steps with K = 10: the last 5 steps fill no window, and every process takes part in that
     # last row's collectives (a main-process-only row hung here).
     out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = accelerate_launch(2)
     args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *FAST, *REWARD_OPTIONS,
             "--max_train_steps", 25, "--meta_length", 10, "--checkpointing_steps", 10, "--checkpoints_total_limit", 1,
             "--output_dir", out]
