@@ -253,15 +253,29 @@ def build_parser(given=()):
 
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser({a.split("=", 1)[0] for a in argv if a.startswith("--")})
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    parser = build_parser(given)
     args = parser.parse_args(argv)
+    typed = typed_dests(argv, given)
     if args.paper_reward:
         for key, value in {**PAPER_REWARD, "meta_eval_fixed": False}.items():
-            if getattr(args, key) == parser.get_default(key):
+            if key not in typed:
                 setattr(args, key, value)
     if args.demo:
-        apply_demo_defaults(args, parser)
+        apply_demo_defaults(args, typed)
     return args
+
+
+def typed_dests(argv, given):
+    """The destinations the command line sets, however spelled: ``--x v``, ``--x=v``, ``--no_x``, an alias.
+
+    --paper_reward and --demo fill in only what is not typed. Comparing a value with the parser's
+    default cannot tell ``--meta_eval_fixed`` (the default, typed) from nothing typed.
+    """
+    parser = build_parser(given)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def _float_or_none(text):
@@ -288,10 +302,10 @@ DEMO_DEFAULTS = dict(
 )
 
 
-def apply_demo_defaults(args, parser):
-    """Fill what the user did not set with the demo's offline choices."""
+def apply_demo_defaults(args, typed):
+    """Fill what the user did not type (``typed``: the destinations set on the command line) with the demo's offline choices."""
     for key, value in DEMO_DEFAULTS.items():
-        if getattr(args, key) == parser.get_default(key):
+        if key not in typed:
             setattr(args, key, value)
     if args.model_name_or_path is None:
         try:

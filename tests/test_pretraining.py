@@ -434,6 +434,37 @@ def test_demo_defaults_and_explicit_flags_win(tmp_path, minilm):
     assert len(lines) > 500 and all(len(line.split()) >= 12 for line in lines)
 
 
+def test_paper_reward_and_demo_keep_every_typed_flag_even_at_its_default(tmp_path, minilm):
+    module = load_script()
+    base = ["--model_name_or_path", "m", "--train_file", "t.txt", "--output_dir", str(tmp_path / "o")]
+    literal = module.parse_args([*base, "--paper_reward"])
+    assert (literal.meta_eval_fixed, literal.reward_floor, literal.reward_dead_zone, literal.reward_baseline,
+            literal.reward_normalize) == (False, None, 0.0, "none", False)
+    # A typed flag wins even when it equals the parser's default, in every spelling.
+    for typed, key, value in ((["--meta_eval_fixed"], "meta_eval_fixed", True),
+                              (["--reward_floor=-1"], "reward_floor", -1.0),
+                              (["--reward_floor", "-1"], "reward_floor", -1.0),
+                              (["--reward_dead_zone=1e-3"], "reward_dead_zone", 1e-3),
+                              (["--reward_baseline", "ema"], "reward_baseline", "ema"),
+                              (["--reward_normalize"], "reward_normalize", True)):
+        args = module.parse_args([*base, "--paper_reward", *typed])
+        assert getattr(args, key) == value, (typed, getattr(args, key))
+        others = {k for k in ("meta_eval_fixed", "reward_floor", "reward_dead_zone", "reward_baseline",
+                              "reward_normalize") if k != key}
+        assert all(getattr(args, k) == getattr(literal, k) for k in others), typed
+    # A --no_x flag is typed too (here it agrees with --paper_reward anyway).
+    assert module.parse_args([*base, "--paper_reward", "--no_meta_eval_fixed"]).meta_eval_fixed is False
+
+    demo = ["--demo", "--output_dir", str(tmp_path / "demo")]
+    assert module.parse_args(demo).max_seq_length == 128
+    assert module.parse_args([*demo, "--max_seq_length", "256"]).max_seq_length == 256  # the parser's default
+    assert module.parse_args([*demo, "--max_seq_length=256"]).max_seq_length == 256
+    assert module.parse_args([*demo, "--max_seq_length", "512"]).max_seq_length == 512
+    assert module.parse_args([*demo, "--entity_tagger=stanza"]).entity_tagger == "stanza"
+    assert module.parse_args([*demo, "--per_device_train_batch_size", "8"]).per_device_train_batch_size == 8
+    assert module.parse_args(demo).per_device_train_batch_size == 16
+
+
 def test_demo_runs_end_to_end_on_the_real_checkpoint(tmp_path):
     out = tmp_path / "demo"
     result = run_script(["--demo", "--output_dir", out, "--max_train_steps", 10, "--meta_length", 5])
