@@ -908,13 +908,22 @@ def train(args, hub_token=None):
                 step_loss += loss.detach() / args.gradient_accumulation_steps
             mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
             grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm else None
-            total_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) if args.max_grad_norm > 0 else None
+            clipped = args.max_grad_norm > 0
+            total_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) if clipped else None
             completed_steps += 1
             trained = not nonfinite_step(args, tracker, completed_steps, objective, mean_loss, total_norm, fp16)
             if trained:
                 optimizer.step()
+                # Only a step that updated the weights advances the schedule, as Accelerate does for a step
+                # the fp16 loss scaler skips: the learning rates the weights see do not depend on how many
+                # steps were skipped (the same rule in the fine-tuning scripts; docs/gpu.md).
+                lr_scheduler.step()
                 sampler.observe(objective, mean_loss, grad_norm)
-            lr_scheduler.step()
+            elif clipped and accelerator.scaler is not None:
+                # clip_grad_norm_ unscaled the gradients; without optimizer.step() nothing would call the
+                # scaler's update(), and the next step's unscale_() would raise. update() closes the step
+                # the way an overflow does (the scale is lowered when the gradients held NaN or inf).
+                accelerator.scaler.update()
             optimizer.zero_grad(set_to_none=True)
             tracker.record(objective, mean_loss if trained else None, tokens)
             log_step(progress, accelerator, args, sampler, completed_steps, objective, mean_loss, lr_scheduler)
@@ -986,8 +995,12 @@ def main(argv=None):
         # Checkpoints after the failing step belong to a run this one replaced (it resumed before them).
         last = [path for path in complete_checkpoints(args.output_dir) if checkpoint_step(path) < error.step]
         kept = f"the last good checkpoint is {last[-1]}" if last else "there is no checkpoint"
-        print(f"error: {error}; no model was saved and {kept}; lower --learning_rate or pass "
-              "--skip_nonfinite_steps N to skip such steps", file=sys.stderr)
+        if args.skip_nonfinite_steps:
+            advice = (f"all {args.skip_nonfinite_steps} steps --skip_nonfinite_steps allows were already skipped; "
+                      "lower --learning_rate or raise --skip_nonfinite_steps")
+        else:
+            advice = "lower --learning_rate or pass --skip_nonfinite_steps N to skip such steps"
+        print(f"error: {error}; no model was saved and {kept}; {advice}", file=sys.stderr)
         sys.exit(1)
     except HubPushError as error:
         print(f"error: --push_to_hub: {error}", file=sys.stderr)

@@ -328,33 +328,87 @@ def test_a_nan_loss_stops_the_run_without_a_model_and_keeps_the_last_checkpoint(
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
-def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_corpus, tmp_path, capsys):
-    module = load_script()
+def nan_at(module, *steps):
+    """A patch of the model's forward: the training forwards numbered ``steps`` (from 1) return a NaN loss."""
     real_forward = module.MometasForPreTraining.forward
     calls = {"n": 0}
 
-    def forward(self, *args, **kwargs):  # the third training step's loss is NaN
+    def forward(self, *args, **kwargs):
         output = real_forward(self, *args, **kwargs)
         if self.training and torch.is_grad_enabled():
             calls["n"] += 1
-            if calls["n"] == 3:
+            if calls["n"] in steps:
                 output.loss = output.loss * float("nan")
         return output
 
+    return mock.patch.object(module.MometasForPreTraining, "forward", forward)
+
+
+def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_corpus, tmp_path, capsys):
+    module = load_script()
     args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 6]
-    with mock.patch.object(module.MometasForPreTraining, "forward", forward):
+    with nan_at(module, 3):
         module.main([str(a) for a in [*args, "--output_dir", tmp_path / "skip", "--skip_nonfinite_steps", 1]])
     weights = load_file(tmp_path / "skip" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     rows = read_rows(tmp_path / "skip")
     window = next(row for row in rows if row["step"] == 4)
     assert len(window["rollout"]) == 2 and sum(window["counts"].values()) == 1, "the skipped step trained nothing"
+    # Only updates advance the schedule (1 warmup step of 6, then linear to 0): after 4 steps, one
+    # of them skipped, 3 updates were made and the rate is 5e-5 * (6 - 3) / (6 - 1).
+    assert window["learning_rate"] == pytest.approx(5e-5 * 3 / 5)
+    assert rows[-1]["step"] == 6 and rows[-1]["learning_rate"] == pytest.approx(5e-5 * 1 / 5)
 
-    calls["n"] = 0
-    with mock.patch.object(module.MometasForPreTraining, "forward", forward), pytest.raises(SystemExit) as exit_:
+    with nan_at(module, 3), pytest.raises(SystemExit) as exit_:
         module.main([str(a) for a in [*args, "--output_dir", tmp_path / "stop"]])
     assert exit_.value.code == 1 and not (tmp_path / "stop" / "model.safetensors").exists()
-    assert "error: step 3 (objective " in capsys.readouterr().err
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: step 3 (objective ") and "pass --skip_nonfinite_steps N" in message
+
+
+def test_a_spent_skip_budget_says_so_instead_of_asking_for_the_flag(tiny_bert, english_corpus, tmp_path, capsys):
+    module = load_script()
+    args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 6]
+    # One skip allowed, two bad steps.
+    with nan_at(module, 3, 5), pytest.raises(SystemExit) as exit_:
+        module.main([str(a) for a in [*args, "--output_dir", tmp_path / "spent", "--skip_nonfinite_steps", 1]])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 1 and message.startswith("error: step 5 (objective "), message
+    assert "pass --skip_nonfinite_steps N" not in message
+    assert "all 1 steps --skip_nonfinite_steps allows were already skipped" in message
+    assert "raise --skip_nonfinite_steps" in message
+
+
+def test_fp16_loss_scaler_trains_on_after_a_skipped_step(tiny_bert, english_corpus, tmp_path, monkeypatch):
+    """A real torch.amp.GradScaler behind the loop: clip_grad_norm_ unscales, then the step is skipped."""
+    from accelerate.state import AcceleratorState
+
+    module = load_script()
+    made = []
+
+    class ScaledAccelerator(module.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mixed_precision="fp16", **kwargs)
+            # On a GPU Accelerate makes this scaler itself; on CPU it makes none, so the test hands it one.
+            self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu", init_scale=2.0**16)
+            made.append(self)
+
+    monkeypatch.setattr(module, "Accelerator", ScaledAccelerator)
+    args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 6,
+            "--output_dir", tmp_path / "fp16", "--skip_nonfinite_steps", 1]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        with nan_at(module, 3):
+            module.main([str(a) for a in args])
+        assert made and made[0].mixed_precision == "fp16"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert made[0].scaler.get_scale() < 2.0**16, "the skipped step's NaN gradients lowered the scale"
+    weights = load_file(tmp_path / "fp16" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    rows = read_rows(tmp_path / "fp16")
+    assert [row["step"] for row in rows] == [2, 4, 6]
+    assert sum(sum(row["counts"].values()) for row in rows) == 5, "5 of 6 steps trained"
 
 
 # ----------------------------------------------------------------------------- the Hub
