@@ -65,6 +65,7 @@ from mometas_utils.outputs import (
     run_outputs,
 )
 from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS
+from mometas_utils.parallel import check_parallel_support, local_tensor, loss_scaled, to_device
 from mometas_utils.preprocess import (
     SequenceBuilder,
     StreamingSequences,
@@ -614,8 +615,15 @@ def preprocess(args):
     state.wait_for_everyone()
 
 
-def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def train_loader(train, args, pad, device):
+    """Padded CPU batches; pinned on CUDA, where a pinned batch's copy to the GPU overlaps the compute."""
+    return DataLoader(
+        train, shuffle=not args.streaming, collate_fn=pad, batch_size=args.per_device_train_batch_size,
+        num_workers=args.dataloader_num_workers, pin_memory=torch.device(device).type == "cuda",
+        # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
+        # resumed run (which creates one at a different moment) would get different dropout masks.
+        generator=torch.Generator().manual_seed(args.seed),
+    )
 
 
 def meta_test_losses(model, validation, eval_collators, args, step, accelerator, pad):
@@ -688,8 +696,12 @@ def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
 
 
 def check_finite_weights(accelerator, model, step, objective):
-    """Non-finite weights stop the run before they reach a checkpoint or the output (a collective)."""
-    bad = sum(int(not torch.isfinite(p).all()) for p in model.parameters())
+    """Non-finite weights stop the run before they reach a checkpoint or the output (a collective).
+
+    Each process checks the weights it holds: everything under DDP, its shards under FSDP, its
+    partition under ZeRO-3 (where the parameters themselves are empty placeholders).
+    """
+    bad = sum(int(not torch.isfinite(local_tensor(p)).all()) for p in model.parameters())
     if accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum").item():
         raise NonFiniteError(f"step {step} (objective {objective}): the weights hold NaN or infinity", step)
 
@@ -783,6 +795,8 @@ def train(args, hub_token=None):
         transformers.utils.logging.set_verbosity_error()
     if args.with_tracking and args.report_to != "all" and len(accelerator.log_with) < len(args.report_to.split(",")):
         raise MometasInputError(f"--report_to {args.report_to}: not every tracker is installed")
+    check_parallel_support(accelerator, sampler=args.sampler, skip_nonfinite_steps=args.skip_nonfinite_steps,
+                           max_grad_norm=args.max_grad_norm)
 
     resume_path, marker = resolve_resume(args, accelerator.num_processes)
     check_output_dir(args, resume_path)
@@ -809,13 +823,7 @@ def train(args, hub_token=None):
     history = HistoryWriter(output_dir) if accelerator.is_main_process else None
 
     pad = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=args.max_seq_length if args.pad_to_max_length else None)
-    train_dataloader = DataLoader(
-        splits["train"], shuffle=not args.streaming, collate_fn=pad, batch_size=args.per_device_train_batch_size,
-        num_workers=args.dataloader_num_workers,
-        # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
-        # resumed run (which creates one at a different moment) would get different dropout masks.
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    train_dataloader = train_loader(splits["train"], args, pad, accelerator.device)
     collators = build_objectives(args.objective_list, tokenizer, noise_probability=args.noise_probability,
                                  seed=args.seed, max_length=args.max_seq_length)
     eval_collators = build_objectives(args.objective_list, tokenizer, noise_probability=args.noise_probability,
@@ -859,7 +867,7 @@ def train(args, hub_token=None):
         completed_steps, start_epoch, skip_batches = resumed_step, marker["epoch"], marker["batches_in_epoch"]
     last_checkpoint = resume_path
     run_meta_test = sampler.requires_meta_test or args.baseline_meta_test
-    fp16 = getattr(accelerator, "scaler", None) is not None
+    fp16 = loss_scaled(accelerator)
     checkpointing_steps = int(args.checkpointing_steps) if args.checkpointing_steps else None
     hub_uploads = []
     objective = None
