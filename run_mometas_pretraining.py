@@ -53,7 +53,7 @@ from mometas_utils.data import iter_rows
 from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger
 from mometas_utils.errors import MometasInputError
 from mometas_utils.history import HistoryWriter, drop_superseded, read_history, rewind_history, summarize_distribution
-from mometas_utils.hub import HubPushError, check_repo_id, prepare_repo, push_folder, upload_failure
+from mometas_utils.hub import BackgroundUploads, HubPushError, check_repo_id, prepare_repo, push_folder
 from mometas_utils.meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
 from mometas_utils.modeling_mometas import MometasForPreTraining
 from mometas_utils.objectives import OBJECTIVES, PadCollator, build_objectives, objective_heads, parse_objectives
@@ -869,7 +869,9 @@ def train(args, hub_token=None):
     run_meta_test = sampler.requires_meta_test or args.baseline_meta_test
     fp16 = loss_scaled(accelerator)
     checkpointing_steps = int(args.checkpointing_steps) if args.checkpointing_steps else None
-    hub_uploads = []
+    every_save = args.push_to_hub and args.hub_strategy == "every_save"
+    hub_uploads = (BackgroundUploads(output_dir, args.hub_repo_id, token=hub_token)
+                   if every_save and accelerator.is_main_process else None)
     objective = None
 
     def row(step, update, val_losses, seconds):
@@ -949,11 +951,10 @@ def train(args, hub_token=None):
                 last_checkpoint = save_run_checkpoint(accelerator, model, tracker, args, completed_steps, objective,
                                                       (epoch, batches_in_epoch), resumed_step)
                 resumed_step = None
-                if args.push_to_hub and args.hub_strategy == "every_save":
+                if every_save:
                     export_model(accelerator, model, tokenizer, args)
                     if accelerator.is_main_process:
-                        hub_uploads.append(push_folder(output_dir, args.hub_repo_id, token=hub_token, run_as_future=True,
-                                                       commit_message=f"step {completed_steps}"))
+                        hub_uploads.start(completed_steps)
 
     if args.with_tracking:
         accelerator.end_training()
@@ -966,11 +967,8 @@ def train(args, hub_token=None):
         print(summarize_distribution(read_history(output_dir), total_steps=args.max_train_steps))
         print(f"Model, tokenizer, history, plots and model card saved in {output_dir}")
         if args.push_to_hub:
-            for future in hub_uploads:
-                try:
-                    future.result()
-                except OSError as e:
-                    logger.warning(upload_failure(e, args.hub_repo_id, output_dir, hub_token))
+            if hub_uploads is not None:
+                hub_uploads.wait()  # the last save's commit lands before the final one
             commit = push_folder(output_dir, args.hub_repo_id, token=hub_token, commit_message="End of MOMETAS pre-training")
             print(f"Uploaded to {getattr(commit, 'commit_url', None) or args.hub_repo_id}")
     return completed_steps

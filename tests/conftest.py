@@ -5,6 +5,7 @@ import logging
 import os
 import socket
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,26 @@ def default_port_taken():
             if error.errno != errno.EADDRINUSE:
                 raise
         yield DEFAULT_MAIN_PROCESS_PORT
+
+
+class UploadReadLater(Future):
+    """A stand-in for ``upload_folder(..., run_as_future=True)`` that reads its folder only when waited for.
+
+    A real background upload reads the files while training goes on; reading them as late as the
+    run lets it (when it asks for the result) shows what a slow upload would have sent.
+    """
+
+    def __init__(self, read):
+        super().__init__()
+        self._read = read
+
+    def result(self, timeout=None):
+        if not self.done():
+            try:
+                self.set_result(self._read())
+            except Exception as error:  # noqa: BLE001 (a failed upload: the future holds the error)
+                self.set_exception(error)
+        return super().result(timeout)
 
 
 def minilm_path() -> str:

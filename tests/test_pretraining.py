@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import accelerate_launch
+from conftest import UploadReadLater, accelerate_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_mometas_pretraining.py"
@@ -442,13 +442,49 @@ def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(tiny
     api.auth_check.assert_called_once_with("alice/mometas-tiny", write=True)
     uploads = [call.kwargs for call in api.upload_folder.call_args_list]
     assert [u["run_as_future"] for u in uploads] == [True, True, False], "every save in the background, then the end"
-    assert all(u["repo_id"] == "alice/mometas-tiny" and Path(u["folder_path"]) == out for u in uploads)
+    assert all(u["repo_id"] == "alice/mometas-tiny" for u in uploads) and Path(uploads[-1]["folder_path"]) == out
+    assert [Path(u["folder_path"]).parent for u in uploads[:2]] == [out, out], "each save from its own copy"
+    assert not list(out.glob(".hub_upload*")), "the copies are gone once uploaded"
     assert "step_*" in uploads[-1]["ignore_patterns"]
     captured = capsys.readouterr()
     assert "alice/mometas-tiny" in captured.out
     assert SECRET not in captured.out + captured.err + caplog.text
     assert SECRET not in (out / "README.md").read_text() + (out / "mometas_args.json").read_text()
     assert 'from_pretrained("alice/mometas-tiny")' in (out / "README.md").read_text()
+
+
+def test_every_save_commit_holds_the_model_and_history_of_its_own_step(tiny_bert, english_corpus, tmp_path):
+    """--hub_strategy every_save: the training goes on while an upload runs; what it sends must not move."""
+    from huggingface_hub import CommitInfo, RepoUrl
+
+    out = tmp_path / "run"
+    info = CommitInfo(commit_url="https://huggingface.co/alice/run/commit/1", commit_message="m", commit_description="",
+                      oid="1")
+    sent = {}
+
+    def upload_folder(**kwargs):
+        if not kwargs["run_as_future"]:
+            return info
+
+        def read(folder=Path(kwargs["folder_path"]), message=kwargs["commit_message"]):
+            sent[message] = (read_rows(folder), load_file(folder / "model.safetensors"))
+            return info
+
+        return UploadReadLater(read)
+
+    with mock.patch("huggingface_hub.HfApi") as api_class:
+        api_class.return_value.create_repo.return_value = RepoUrl("https://huggingface.co/alice/run")
+        api_class.return_value.upload_folder.side_effect = upload_folder
+        assert run_main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
+                         "--max_train_steps", 6, "--checkpointing_steps", 2, "--output_dir", out, "--push_to_hub",
+                         "--hub_strategy", "every_save"]) == 0
+    assert sorted(sent) == ["step 2", "step 4", "step 6"]
+    for step in (2, 4, 6):
+        rows, weights = sent[f"step {step}"]
+        assert rows[-1]["step"] == step, f"the commit of step {step} holds history up to step {rows[-1]['step']}"
+        saved = load_file(out / f"step_{step}" / "model.safetensors")
+        shared = sorted(set(weights) & set(saved))
+        assert shared and all(torch.equal(weights[k], saved[k]) for k in shared), f"step {step}: another model"
 
 
 def test_a_push_that_fails_after_training_keeps_the_outputs(tiny_bert, english_corpus, tmp_path, capsys):
