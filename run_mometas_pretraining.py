@@ -672,11 +672,15 @@ def write_history_row(accelerator, history, tracker, sampler, *, step, update, v
 
 
 class NonFiniteError(RuntimeError):
-    """Training produced NaN or infinity at ``step``: the run stops without saving a model."""
+    """Training produced NaN or infinity at ``step``: the run stops without saving a model.
 
-    def __init__(self, message, step):
+    ``skips_spent``: a non-finite step came after --skip_nonfinite_steps N (N > 0) had been used up.
+    """
+
+    def __init__(self, message, step, skips_spent=False):
         super().__init__(message)
         self.step = step
+        self.skips_spent = skips_spent
 
 
 def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
@@ -692,7 +696,7 @@ def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
         logger.warning(f"step {step} (objective {objective}): {bad}; skipped ({tracker.skipped_steps} of "
                        f"--skip_nonfinite_steps {args.skip_nonfinite_steps})")
         return True
-    raise NonFiniteError(f"step {step} (objective {objective}): {bad}", step)
+    raise NonFiniteError(f"step {step} (objective {objective}): {bad}", step, skips_spent=args.skip_nonfinite_steps > 0)
 
 
 def check_finite_weights(accelerator, model, step, objective):
@@ -1001,9 +1005,11 @@ def main(argv=None):
         # Checkpoints after the failing step belong to a run this one replaced (it resumed before them).
         last = [path for path in complete_checkpoints(args.output_dir) if checkpoint_step(path) < error.step]
         kept = f"the last good checkpoint is {last[-1]}" if last else "there is no checkpoint"
-        if args.skip_nonfinite_steps:
+        if error.skips_spent:
             advice = (f"all {args.skip_nonfinite_steps} steps --skip_nonfinite_steps allows were already skipped; "
                       "lower --learning_rate or raise --skip_nonfinite_steps")
+        elif args.skip_nonfinite_steps:  # the weights went non-finite: no skip would have caught that step
+            advice = "lower --learning_rate"
         else:
             advice = "lower --learning_rate or pass --skip_nonfinite_steps N to skip such steps"
         print(f"error: {error}; no model was saved and {kept}; {advice}", file=sys.stderr)
