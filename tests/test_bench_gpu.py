@@ -39,6 +39,15 @@ def test_tiny_cpu_run_prints_both_throughputs_and_their_ratio(tmp_path):
     assert figures["fused_adamw"] is True
     assert m["mfu"] is None and "MFU n/a" in text, "a CPU has no peak unless --peak_tflops gives one"
 
+    # bench/gpu_check.sh's table reads the same file: the MOMETAS loop's encoder tokens/s, the ratio, MFU.
+    from gpu_check import bench_figures, format_table
+
+    row = {"check": "bench_gpu.py", "result": "pass", **bench_figures(out), "note": "cpu"}
+    assert row["tokens_per_s"] == m["encoder_tokens_per_s"] and row["ratio"] == figures["ratio_encoder_tokens"]
+    line = format_table([row]).splitlines()[1].split("  ")
+    cells = [cell.strip() for cell in line if cell.strip()]
+    assert cells[:5] == ["bench_gpu.py", "pass", mometas.group(2), f"{float(ratio.group(1)):.3f}", "-"], cells
+
 
 def test_flops_formula_counts_the_encoder_weights():
     config = BertConfig(vocab_size=50, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,

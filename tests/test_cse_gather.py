@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import accelerate_launch
 from mometas_utils.configuration_mometas import MometasConfig
 from mometas_utils.modeling_mometas import MometasForPreTraining, contrastive_loss
 
@@ -173,11 +174,10 @@ def test_one_process_ignores_the_flag():
                        model(objective="cse", **batch).loss.detach())
 
 
-def test_script_flag_reaches_the_model_on_two_processes(tiny_bert, english_corpus, tmp_path):
+def test_script_flag_reaches_the_model_on_two_processes(tiny_bert, english_corpus, tmp_path, default_port_taken):
     """Step 1's CSE loss (no update yet) with 2 x 4 sequences: 8 candidates per row with the flag, 4 without."""
     root = Path(__file__).resolve().parents[1]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = accelerate_launch(2)
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "ACCELERATE_USE_CPU": "true"}
     first_loss = {}

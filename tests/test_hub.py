@@ -96,3 +96,18 @@ def test_push_failure_keeps_outputs_and_says_how_to_push_again(tmp_path):
     assert f"the outputs are kept in {tmp_path}" in message
     assert f"hf upload alice/bert-mometas {tmp_path} ." in message
     assert SECRET not in message and "\n" not in message
+
+
+def test_snapshot_copies_what_an_upload_sends_and_nothing_else(tmp_path):
+    from mometas_utils.hub import snapshot_folder
+
+    out = tmp_path / "out"
+    for name in ("model.safetensors", "README.md", "mometas_pretraining/events.out", "step_2/model.safetensors",
+                 ".export.tmp/config.json", "sampler_history.superseded.json", ".hub_upload.step_2.tmp/README.md"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(name)
+    snapshot = snapshot_folder(out, out / ".hub_upload.step_4.tmp")
+    copied = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+    assert copied == ["README.md", "model.safetensors", "mometas_pretraining/events.out"]
+    (out / "model.safetensors").write_text("the next save")
+    assert (snapshot / "model.safetensors").read_text() == "model.safetensors", "a copy, not a link"

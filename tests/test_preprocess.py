@@ -12,6 +12,7 @@ import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
+from conftest import accelerate_launch
 from test_pretraining import FAST, comparable, expect_error, load_script, read_rows, run_script, script_env
 
 from mometas_utils import entities as E
@@ -27,8 +28,6 @@ from mometas_utils.preprocess import (
 )
 
 datasets.disable_progress_bars()
-LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def digest(text):
@@ -230,14 +229,15 @@ def test_a_stream_without_schema_is_read_once_per_document(tokenizer, tmp_path, 
     assert len(read_records(tmp_path)["documents-p0-w0.tsv"]) == 45
 
 
-def test_two_processes_stream_disjoint_shares_in_dataloader_workers(tiny_bert, small_corpus, tmp_path):
+def test_two_processes_stream_disjoint_shares_in_dataloader_workers(tiny_bert, small_corpus, tmp_path,
+                                                                      default_port_taken):
     train_file, validation_file = small_corpus
     out, records = tmp_path / "run", tmp_path / "records"
     records.mkdir()
     args = ["--model_name_or_path", tiny_bert, "--train_file", train_file, "--validation_file", validation_file,
             *FAST, "--objectives", "mlm,cse", "--streaming", "--dataloader_num_workers", 2,
             "--max_train_steps", 40, "--meta_length", 20, "--output_dir", out]
-    result = run_script(args, launcher=LAUNCH_2,
+    result = run_script(args, launcher=accelerate_launch(2),
                         env=script_env(ACCELERATE_USE_CPU="true", **{RECORD_DOCUMENTS_ENV: str(records)}))
     assert result.returncode == 0, result.stderr[-4000:]
     rows = read_rows(out)

@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import UploadReadLater, accelerate_launch
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_mometas_pretraining.py"
 SECRET = "hf_TESTSECRETtokenABCDEFGHIJKLMNOP"
@@ -214,12 +216,12 @@ def test_resume_into_another_output_dir_continues_tokens_seen(full_run, tiny_ber
         assert row == original[row["step"]]
 
 
-def test_two_processes_draw_the_same_objectives_and_finish_off_the_meta_length(tiny_bert, english_corpus, tmp_path):
+def test_two_processes_draw_the_same_objectives_and_finish_off_the_meta_length(tiny_bert, english_corpus, tmp_path,
+                                                                                default_port_taken):
     # 25 steps with K = 10: the last 5 steps fill no window, and every process takes part in that
     # last row's collectives (a main-process-only row hung here).
     out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = accelerate_launch(2)
     args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *FAST, *REWARD_OPTIONS,
             "--max_train_steps", 25, "--meta_length", 10, "--checkpointing_steps", 10, "--checkpoints_total_limit", 1,
             "--output_dir", out]
@@ -326,33 +328,87 @@ def test_a_nan_loss_stops_the_run_without_a_model_and_keeps_the_last_checkpoint(
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
-def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_corpus, tmp_path, capsys):
-    module = load_script()
+def nan_at(module, *steps):
+    """A patch of the model's forward: the training forwards numbered ``steps`` (from 1) return a NaN loss."""
     real_forward = module.MometasForPreTraining.forward
     calls = {"n": 0}
 
-    def forward(self, *args, **kwargs):  # the third training step's loss is NaN
+    def forward(self, *args, **kwargs):
         output = real_forward(self, *args, **kwargs)
         if self.training and torch.is_grad_enabled():
             calls["n"] += 1
-            if calls["n"] == 3:
+            if calls["n"] in steps:
                 output.loss = output.loss * float("nan")
         return output
 
+    return mock.patch.object(module.MometasForPreTraining, "forward", forward)
+
+
+def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_corpus, tmp_path, capsys):
+    module = load_script()
     args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 6]
-    with mock.patch.object(module.MometasForPreTraining, "forward", forward):
+    with nan_at(module, 3):
         module.main([str(a) for a in [*args, "--output_dir", tmp_path / "skip", "--skip_nonfinite_steps", 1]])
     weights = load_file(tmp_path / "skip" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     rows = read_rows(tmp_path / "skip")
     window = next(row for row in rows if row["step"] == 4)
     assert len(window["rollout"]) == 2 and sum(window["counts"].values()) == 1, "the skipped step trained nothing"
+    # Only updates advance the schedule (1 warmup step of 6, then linear to 0): after 4 steps, one
+    # of them skipped, 3 updates were made and the rate is 5e-5 * (6 - 3) / (6 - 1).
+    assert window["learning_rate"] == pytest.approx(5e-5 * 3 / 5)
+    assert rows[-1]["step"] == 6 and rows[-1]["learning_rate"] == pytest.approx(5e-5 * 1 / 5)
 
-    calls["n"] = 0
-    with mock.patch.object(module.MometasForPreTraining, "forward", forward), pytest.raises(SystemExit) as exit_:
+    with nan_at(module, 3), pytest.raises(SystemExit) as exit_:
         module.main([str(a) for a in [*args, "--output_dir", tmp_path / "stop"]])
     assert exit_.value.code == 1 and not (tmp_path / "stop" / "model.safetensors").exists()
-    assert "error: step 3 (objective " in capsys.readouterr().err
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: step 3 (objective ") and "pass --skip_nonfinite_steps N" in message
+
+
+def test_a_spent_skip_budget_says_so_instead_of_asking_for_the_flag(tiny_bert, english_corpus, tmp_path, capsys):
+    module = load_script()
+    args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 6]
+    # One skip allowed, two bad steps.
+    with nan_at(module, 3, 5), pytest.raises(SystemExit) as exit_:
+        module.main([str(a) for a in [*args, "--output_dir", tmp_path / "spent", "--skip_nonfinite_steps", 1]])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 1 and message.startswith("error: step 5 (objective "), message
+    assert "pass --skip_nonfinite_steps N" not in message
+    assert "all 1 steps --skip_nonfinite_steps allows were already skipped" in message
+    assert "raise --skip_nonfinite_steps" in message
+
+
+def test_fp16_loss_scaler_trains_on_after_a_skipped_step(tiny_bert, english_corpus, tmp_path, monkeypatch):
+    """A real torch.amp.GradScaler behind the loop: clip_grad_norm_ unscales, then the step is skipped."""
+    from accelerate.state import AcceleratorState
+
+    module = load_script()
+    made = []
+
+    class ScaledAccelerator(module.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mixed_precision="fp16", **kwargs)
+            # On a GPU Accelerate makes this scaler itself; on CPU it makes none, so the test hands it one.
+            self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu", init_scale=2.0**16)
+            made.append(self)
+
+    monkeypatch.setattr(module, "Accelerator", ScaledAccelerator)
+    args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 6,
+            "--output_dir", tmp_path / "fp16", "--skip_nonfinite_steps", 1]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        with nan_at(module, 3):
+            module.main([str(a) for a in args])
+        assert made and made[0].mixed_precision == "fp16"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert made[0].scaler.get_scale() < 2.0**16, "the skipped step's NaN gradients lowered the scale"
+    weights = load_file(tmp_path / "fp16" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    rows = read_rows(tmp_path / "fp16")
+    assert [row["step"] for row in rows] == [2, 4, 6]
+    assert sum(sum(row["counts"].values()) for row in rows) == 5, "5 of 6 steps trained"
 
 
 # ----------------------------------------------------------------------------- the Hub
@@ -386,13 +442,49 @@ def test_push_to_hub_checks_the_repo_first_and_uploads_to_the_namespaced_id(tiny
     api.auth_check.assert_called_once_with("alice/mometas-tiny", write=True)
     uploads = [call.kwargs for call in api.upload_folder.call_args_list]
     assert [u["run_as_future"] for u in uploads] == [True, True, False], "every save in the background, then the end"
-    assert all(u["repo_id"] == "alice/mometas-tiny" and Path(u["folder_path"]) == out for u in uploads)
+    assert all(u["repo_id"] == "alice/mometas-tiny" for u in uploads) and Path(uploads[-1]["folder_path"]) == out
+    assert [Path(u["folder_path"]).parent for u in uploads[:2]] == [out, out], "each save from its own copy"
+    assert not list(out.glob(".hub_upload*")), "the copies are gone once uploaded"
     assert "step_*" in uploads[-1]["ignore_patterns"]
     captured = capsys.readouterr()
     assert "alice/mometas-tiny" in captured.out
     assert SECRET not in captured.out + captured.err + caplog.text
     assert SECRET not in (out / "README.md").read_text() + (out / "mometas_args.json").read_text()
     assert 'from_pretrained("alice/mometas-tiny")' in (out / "README.md").read_text()
+
+
+def test_every_save_commit_holds_the_model_and_history_of_its_own_step(tiny_bert, english_corpus, tmp_path):
+    """--hub_strategy every_save: the training goes on while an upload runs; what it sends must not move."""
+    from huggingface_hub import CommitInfo, RepoUrl
+
+    out = tmp_path / "run"
+    info = CommitInfo(commit_url="https://huggingface.co/alice/run/commit/1", commit_message="m", commit_description="",
+                      oid="1")
+    sent = {}
+
+    def upload_folder(**kwargs):
+        if not kwargs["run_as_future"]:
+            return info
+
+        def read(folder=Path(kwargs["folder_path"]), message=kwargs["commit_message"]):
+            sent[message] = (read_rows(folder), load_file(folder / "model.safetensors"))
+            return info
+
+        return UploadReadLater(read)
+
+    with mock.patch("huggingface_hub.HfApi") as api_class:
+        api_class.return_value.create_repo.return_value = RepoUrl("https://huggingface.co/alice/run")
+        api_class.return_value.upload_folder.side_effect = upload_folder
+        assert run_main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK,
+                         "--max_train_steps", 6, "--checkpointing_steps", 2, "--output_dir", out, "--push_to_hub",
+                         "--hub_strategy", "every_save"]) == 0
+    assert sorted(sent) == ["step 2", "step 4", "step 6"]
+    for step in (2, 4, 6):
+        rows, weights = sent[f"step {step}"]
+        assert rows[-1]["step"] == step, f"the commit of step {step} holds history up to step {rows[-1]['step']}"
+        saved = load_file(out / f"step_{step}" / "model.safetensors")
+        shared = sorted(set(weights) & set(saved))
+        assert shared and all(torch.equal(weights[k], saved[k]) for k in shared), f"step {step}: another model"
 
 
 def test_a_push_that_fails_after_training_keeps_the_outputs(tiny_bert, english_corpus, tmp_path, capsys):
@@ -430,6 +522,37 @@ def test_demo_defaults_and_explicit_flags_win(tmp_path, minilm):
     assert args.entity_tagger == "spacy" and args.max_train_steps == 7 and args.meta_length == 50
     lines = Path(args.train_file).read_text().splitlines()
     assert len(lines) > 500 and all(len(line.split()) >= 12 for line in lines)
+
+
+def test_paper_reward_and_demo_keep_every_typed_flag_even_at_its_default(tmp_path, minilm):
+    module = load_script()
+    base = ["--model_name_or_path", "m", "--train_file", "t.txt", "--output_dir", str(tmp_path / "o")]
+    literal = module.parse_args([*base, "--paper_reward"])
+    assert (literal.meta_eval_fixed, literal.reward_floor, literal.reward_dead_zone, literal.reward_baseline,
+            literal.reward_normalize) == (False, None, 0.0, "none", False)
+    # A typed flag wins even when it equals the parser's default, in every spelling.
+    for typed, key, value in ((["--meta_eval_fixed"], "meta_eval_fixed", True),
+                              (["--reward_floor=-1"], "reward_floor", -1.0),
+                              (["--reward_floor", "-1"], "reward_floor", -1.0),
+                              (["--reward_dead_zone=1e-3"], "reward_dead_zone", 1e-3),
+                              (["--reward_baseline", "ema"], "reward_baseline", "ema"),
+                              (["--reward_normalize"], "reward_normalize", True)):
+        args = module.parse_args([*base, "--paper_reward", *typed])
+        assert getattr(args, key) == value, (typed, getattr(args, key))
+        others = {k for k in ("meta_eval_fixed", "reward_floor", "reward_dead_zone", "reward_baseline",
+                              "reward_normalize") if k != key}
+        assert all(getattr(args, k) == getattr(literal, k) for k in others), typed
+    # A --no_x flag is typed too (here it agrees with --paper_reward anyway).
+    assert module.parse_args([*base, "--paper_reward", "--no_meta_eval_fixed"]).meta_eval_fixed is False
+
+    demo = ["--demo", "--output_dir", str(tmp_path / "demo")]
+    assert module.parse_args(demo).max_seq_length == 128
+    assert module.parse_args([*demo, "--max_seq_length", "256"]).max_seq_length == 256  # the parser's default
+    assert module.parse_args([*demo, "--max_seq_length=256"]).max_seq_length == 256
+    assert module.parse_args([*demo, "--max_seq_length", "512"]).max_seq_length == 512
+    assert module.parse_args([*demo, "--entity_tagger=stanza"]).entity_tagger == "stanza"
+    assert module.parse_args([*demo, "--per_device_train_batch_size", "8"]).per_device_train_batch_size == 8
+    assert module.parse_args(demo).per_device_train_batch_size == 16
 
 
 def test_demo_runs_end_to_end_on_the_real_checkpoint(tmp_path):

@@ -386,7 +386,10 @@ def test_secrets_stay_out_and_the_push_uses_the_namespaced_repo(tiny_ft_model, t
     uploads = [c.kwargs for c in api.upload_folder.call_args_list]
     assert len(uploads) == 3  # two checkpoints in the background, then the end of training
     assert [u.get("run_as_future", False) for u in uploads] == [True, True, False]
-    assert all(u["repo_id"] == "someone/tiny-sst2" and u["folder_path"] == str(out) for u in uploads)
+    assert all(u["repo_id"] == "someone/tiny-sst2" for u in uploads) and uploads[-1]["folder_path"] == str(out)
+    # Each save goes from its own copy (what it held when saved); the copies are gone afterwards.
+    assert [u["folder_path"] for u in uploads[:2]] == [str(out / ".tmp_hub_upload_step_2"), str(out / ".tmp_hub_upload_step_4")]
+    assert not list(out.glob(".tmp_hub_upload*"))
     assert {"step_*", "epoch_*", ".tmp_*"} <= set(uploads[-1]["ignore_patterns"])
     # Nowhere on disk (args, card, tracker config and events, checkpoints) nor in the logs.
     files = [p for p in out.rglob("*") if p.is_file()]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_committed_paths import absolute_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "study"
@@ -128,6 +129,12 @@ def test_study_harness_caches_and_reports(tiny_bert, small_corpus, tmp_path, sha
         assert set(summary["finetune_scores"]) == {"base/sst2", "uniform_seed1/sst2"}
         assert "| Ub |" in table and "| MiniLM (no continual pre-training) |" in table
         assert not (STUDY / "cache" / name / "models" / "uniform_seed1").exists(), "models are not kept"
+        # The commands name this machine's folders as placeholders or relative to the repository.
+        for result in sorted((STUDY / "results" / name).glob("*.json")):
+            command = json.loads(result.read_text())["command"]
+            assert command[0] == "python" and not absolute_paths(" ".join(command)), (result.name, command)
+        finetune = json.loads((STUDY / "results" / name / "finetune_base_sst2.json").read_text())["command"]
+        assert "$MOMETAS_DATA_DIR/glue/sst2/train.tsv" in finetune and f"study/cache/{name}/finetune/base_sst2" in finetune
         # A second call finds every run cached and only reports.
         again = run("run_study.py", *args)
         assert "[pretrain" not in again and "[finetune" not in again
