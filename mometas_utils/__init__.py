@@ -1,6 +1,7 @@
 """mometas_utils: multi-objective continual pre-training with a meta-learned objective sampler.
 
     from mometas_utils import build_objectives, MometasConfig, MometasForPreTraining, build_sampler
+    from mometas_utils import MometasTrainer                  # the sampler in a Hugging Face Trainer
     from mometas_utils import meta_test, meta_test_batches    # the sampler in a loop of your own
 
 Names are imported lazily, so ``import mometas_utils.objectives`` does not pull in
@@ -39,6 +40,7 @@ _EXPORTS = {
     "compute_reward": "rewards",
     "Advantage": "rewards",
     "PAPER_REWARD": "rewards",
+    "MometasTrainer": "trainer",
     "load_raw_corpus": "corpus",
     "tokenize_corpus": "data",
     "pack_sequences": "data",
