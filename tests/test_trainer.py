@@ -227,3 +227,22 @@ def test_a_trainer_row_has_the_keys_and_values_of_a_script_row(tokenizer):
                       seconds=0.5, elapsed=expected["elapsed_seconds"], learning_rate=1e-4, num_processes=1)
     assert list(row) == list(expected)
     assert row == expected
+
+
+def test_the_readme_lines_work_in_an_existing_trainer_script(tiny_bert, tokenizer, tmp_path):
+    """README's lines, as quoted, in what an MLM Trainer script already has: a tokenizer, TrainingArguments and
+    datasets tokenized by the tokenizer (with attention_mask, token_type_ids and the text still there)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## The sampler in your own Trainer or loop"):]
+    start = section.index("```python\n") + len("```python\n")
+    lines = section[start:section.index("```", start)]
+    texts = [f"Paragraph {i} says that the sampler draws one objective per optimizer step." for i in range(16)]
+    raw = datasets.Dataset.from_dict({"text": texts})
+    tokenized = raw.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=32), batched=True)
+    script = dict(model_name_or_path=tiny_bert, tokenizer=tokenizer, max_seq_length=32,
+                  training_args=trainer_args(tmp_path, max_steps=3), train_dataset=tokenized,
+                  eval_dataset=tokenized.select(range(4)))
+    exec(compile(lines, "README.md", "exec"), script)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "sampler_history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 3] and rows[0]["sampler"] == "mometas"
+    assert sum(rows[-1]["counts"].values()) == 3 and set(rows[0]["val_loss"]) == {"mlm", "cse", "atd", "dtd"}
