@@ -27,6 +27,7 @@ from mometas_utils import (
     MometasTrainer,
     build_objectives,
     build_sampler,
+    check_entity_tagger,
     load_raw_corpus,
     objective_heads,
     parse_objectives,
@@ -62,7 +63,7 @@ class MometasArguments:
     meta_eval_fixed: bool = field(default=True, metadata={"help": "Meta-test on the same batches every time."})
     baseline_meta_test: bool = field(default=False, metadata={"help": "Meta-test also for samplers that do not need it."})
     noise_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked, inserted or deleted."})
-    entity_tagger: str = field(default="stanza", metadata={"help": "EMLM's entities: stanza, spacy or column."})
+    entity_tagger: str = field(default="stanza", metadata={"help": "EMLM's entities: stanza (the paper's) or spacy."})
 
 
 class ArgumentParser(HfArgumentParser):
@@ -133,6 +134,10 @@ def sequences(args, tokenizer, objectives, seed):
 def train(args, training_args):
     check_args(args, training_args)
     objectives = parse_objectives(args.objectives)
+    if any(OBJECTIVES[name].needs_entities for name in objectives):
+        if args.entity_tagger not in ("stanza", "spacy"):
+            raise MometasInputError(f"entity_tagger: expected stanza or spacy, got {args.entity_tagger!r}")
+        check_entity_tagger(args.entity_tagger)  # installed, with its model: before any work
     # Built first: the sampler checks its own flags (--meta_length, --meta_step_size, ...) before any work.
     sampler = build_sampler(args.sampler, objectives, meta_length=args.meta_length, seed=training_args.seed,
                             meta_step_size=args.meta_step_size, entropy_lambda=args.entropy_lambda,

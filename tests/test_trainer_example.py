@@ -116,7 +116,18 @@ def test_the_example_trains_writes_the_history_and_logs_the_probabilities(full_r
 
     events = EventAccumulator(str(next(out.rglob("events.out.tfevents*")).parent))
     events.Reload()
-    assert "train/sampler/p_dtd" in events.Tags()["scalars"] or "sampler/p_dtd" in events.Tags()["scalars"]
+    assert "train/sampler/p_dtd" in events.Tags()["scalars"]  # the Trainer files its logs under train/
+
+
+def test_the_example_trains_emlm_on_spacy_entities(tiny_bert, small_corpus, tmp_path):
+    pytest.importorskip("spacy")
+    out = tmp_path / "emlm"
+    argv = example_args(tiny_bert, small_corpus, out, "--entity_tagger", "spacy")
+    argv[argv.index("--objectives") + 1], argv[argv.index("--max_steps") + 1] = "mlm,emlm", "4"
+    run_example(argv)
+    rows = read_rows(out)
+    assert [row["step"] for row in rows] == [0, 4] and set(rows[-1]["val_loss"]) == {"mlm", "emlm"}
+    assert rows[-1]["tokens_seen"]["emlm"] > 0
 
 
 @pytest.mark.parametrize("step", [4, 12])
@@ -195,6 +206,7 @@ def test_two_gloo_processes_resume_exactly(two_process_run, tiny_bert, small_cor
     (["--train_file", "missing.txt"], "error: --train_file missing.txt does not exist"),
     (["--no_such_flag", "1"], "error: unrecognized arguments: --no_such_flag 1"),
     (["--history"], "error: --output_dir: "),
+    (["--no_state"], "error: --resume_from_checkpoint: "),
 ])
 def test_bad_input_is_one_line_naming_the_flag(flags, fragment, tiny_bert, small_corpus, tmp_path, capsys):
     out = tmp_path / "out"
@@ -202,6 +214,9 @@ def test_bad_input_is_one_line_naming_the_flag(flags, fragment, tiny_bert, small
         out.mkdir()
         (out / "sampler_history.jsonl").write_text('{"step": 0}\n')
         flags = []
+    if flags == ["--no_state"]:  # a Trainer checkpoint without the sampler's state
+        (out / "checkpoint-4").mkdir(parents=True)
+        flags = ["--resume_from_checkpoint", out / "checkpoint-4"]
     with pytest.raises(SystemExit) as exit_info:
         run_example([*example_args(tiny_bert, small_corpus, out), *flags])
     err = capsys.readouterr().err
