@@ -1,0 +1,333 @@
+"""MOMETAS, or any registered sampler, inside a Hugging Face ``Trainer``.
+
+    trainer = MometasTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
+                             processing_class=tokenizer, sampler=sampler, collators=collators)
+    trainer.train()
+
+The datasets hold tokenized sequences (``input_ids``, and ``entity_ids`` for EMLM); the data
+collator only pads them (:class:`~mometas_utils.objectives.PadCollator`). Each optimizer step
+draws one objective T_t, and every micro-batch of the step goes through T_t's collator inside
+:meth:`MometasTrainer.training_step` (meta-train). Every K steps (the meta length) every
+objective is evaluated on ``eval_dataset`` (meta-test), the sampler takes its reward and
+update, and a row goes to ``<output_dir>/sampler_history.jsonl`` in the format of
+``run_mometas_pretraining.py``. docs/library.md lists the Trainer's traps and how each is met.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Mapping
+
+import torch
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from .errors import MometasInputError
+from .history import HISTORY_FILENAME, HistoryWriter, drop_superseded, read_history, rewind_history
+from .meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
+from .objectives import PadCollator
+from .plots import plot_history
+from .tracker import StepTracker
+
+#: The update's reward statistics a history row carries when the sampler returns them (as the script's rows).
+REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale")
+#: Per process: the sampler, the collators' generators and the tracker, beside the Trainer's own files.
+STATE_FILENAME = "mometas_state_{process}.pt"
+
+
+def history_row(sampler, window: Mapping, *, step: int, update: Mapping | None, val_losses: Mapping | None,
+                seconds: float | None, elapsed: float, learning_rate: float, num_processes: int) -> dict:
+    """One row of ``sampler_history.jsonl``, key for key the row of ``run_mometas_pretraining.py``:
+    the sampler after its update and the window of steps before it (``StepTracker.close_window``)."""
+    row = {
+        "step": step, "sampler": sampler.name, "objectives": sampler.objectives,
+        "probabilities": sampler.probabilities, "entropy": sampler.entropy(),
+        "reward": update.get("reward") if update else None, "val_loss": val_losses,
+        **{key: update[key] for key in REWARD_FIELDS if update and key in update},
+        **{key: window[key] for key in ("train_loss", "counts", "rollout", "tokens_seen")},
+        "meta_test_seconds": seconds, "elapsed_seconds": elapsed,
+        "learning_rate": learning_rate, "num_processes": num_processes,
+    }
+    if "process_rollouts" in window:
+        row["process_rollouts"] = window["process_rollouts"]
+    return row
+
+
+def tracker_logs(row: Mapping) -> dict:
+    """What the trackers get from a row: the names the script logs (``sampler/p_<objective>``, ...)."""
+    logs = {f"sampler/p_{n}": p for n, p in row["probabilities"].items()}
+    logs.update({f"tokens/{n}": v for n, v in row["tokens_seen"].items()})
+    logs.update({"sampler/entropy": row["entropy"], "time/meta_test_seconds": row["meta_test_seconds"] or 0.0})
+    if row["reward"] is not None:
+        logs["sampler/reward"] = row["reward"]
+    logs.update({f"val/loss_{n}": v for n, v in (row["val_loss"] or {}).items()})
+    return logs
+
+
+class _SamplerCallback(TrainerCallback):
+    """The Trainer's only hooks after an optimizer step and around training; the work is the trainer's."""
+
+    def __init__(self, trainer: MometasTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._begin()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._end_of_step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._finish()
+
+
+class MometasTrainer(Trainer):
+    """A ``Trainer`` whose every optimizer step trains the objective its sampler draws (Algorithm 1).
+
+    Args (beyond the ``Trainer``'s):
+        sampler: any :func:`~mometas_utils.samplers.build_sampler` sampler; seed it identically on every
+            process (its own generator makes the draws, so they are then the same everywhere).
+        collators: objective name -> collator (:func:`~mometas_utils.build_objectives`), the sampler's objectives.
+        meta_eval_batches: validation batches of ``per_device_eval_batch_size`` per process and meta-test.
+        meta_eval_fixed: measure every meta-test on the same batches (b_i and a_i on the same text).
+        baseline_meta_test: meta-test every K steps even for samplers that do not need it (uniform,
+            fixed, gradient, loss), to record their validation losses and rewards.
+
+    ``eval_dataset`` is the meta-test set; :meth:`evaluate` reports a meta-test there.
+    ``data_collator`` defaults to a :class:`PadCollator` for ``processing_class``.
+    """
+
+    # The model's loss is a per-batch mean: the Trainer must divide it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, sampler, collators: Mapping, meta_eval_batches: int = 1, meta_eval_fixed: bool = True,
+                 baseline_meta_test: bool = False, **kwargs):
+        if sorted(collators) != sorted(sampler.objectives):
+            raise MometasInputError(f"collators: expected one per objective of the sampler {sampler.objectives}, "
+                                    f"got {list(collators)}")
+        if not isinstance(meta_eval_batches, int) or meta_eval_batches < 1:
+            raise MometasInputError(f"meta_eval_batches: expected a positive integer, got {meta_eval_batches!r}")
+        if isinstance(kwargs.get("data_collator"), DataCollatorForLanguageModeling):
+            raise MometasInputError("data_collator: the objective collators mask, insert and delete; a "
+                                    "DataCollatorForLanguageModeling would corrupt every batch once more. Leave "
+                                    "data_collator unset (the batches are only padded)")
+        if kwargs.get("data_collator") is None:
+            tokenizer = kwargs.get("processing_class")
+            if getattr(tokenizer, "pad_token_id", None) is None:
+                raise MometasInputError("processing_class: pass the tokenizer (its pad token pads the batches) "
+                                        "or a data_collator")
+            kwargs["data_collator"] = PadCollator(tokenizer.pad_token_id)
+        super().__init__(*args, **kwargs)
+        heads = getattr(getattr(self.model, "config", None), "objectives", None)
+        if heads is not None and any(name not in heads for name in sampler.objectives):
+            raise MometasInputError(f"model: it has heads for {list(heads)}, the sampler draws {sampler.objectives}")
+        if self.args.ddp_find_unused_parameters is False:
+            raise MometasInputError("ddp_find_unused_parameters: one objective per step leaves the other heads "
+                                    "without gradients, so DDP must look for unused parameters; leave it unset")
+        # forward(**kwargs) makes the Trainer think the model normalises its loss by num_items_in_batch
+        # (and stop dividing by the accumulation steps); it swallows that argument and returns a batch mean.
+        self.model_accepts_loss_kwargs = False
+        self.sampler = sampler
+        self.collators = dict(collators)
+        # Meta-test reseeds its collators at every meta-test; copies keep the training noise untouched.
+        self.eval_collators = {name: _with_own_generator(c) for name, c in self.collators.items()}
+        self.meta_eval_batches, self.meta_eval_fixed = meta_eval_batches, bool(meta_eval_fixed)
+        self.run_meta_test = sampler.requires_meta_test or baseline_meta_test
+        if self.run_meta_test and self.eval_dataset is None:
+            raise MometasInputError(f"eval_dataset: the {sampler.name} sampler meta-tests every objective on held-out "
+                                    "sequences every meta length; pass eval_dataset")
+        self.tracker = StepTracker(sampler.objectives)
+        self.history: HistoryWriter | None = None
+        self._resume_path = None
+        self._reset_step()
+        self.add_callback(_SamplerCallback(self))
+
+    # ------------------------------------------------------------------ the Trainer's traps
+
+    def _build_accelerator_args(self, **kwargs):
+        # The Trainer turns find_unused_parameters off under activation checkpointing; DDP would then wait
+        # forever for the gradients of the heads this step did not use.
+        args = super()._build_accelerator_args(**kwargs)
+        for handler in args.get("kwargs_handlers", []):
+            if hasattr(handler, "find_unused_parameters"):
+                handler.find_unused_parameters = True
+        return args
+
+    def _remove_unused_columns(self, dataset, description=None):
+        # The columns feed the objective collators (entity_ids for EMLM), not forward(); PadCollator
+        # reads only what it needs.
+        return dataset
+
+    def _get_collator_with_removed_columns(self, data_collator, description=None):
+        return data_collator
+
+    # ------------------------------------------------------------------ meta-train
+
+    def draw_objective(self) -> str:
+        """T_t of the coming optimizer step: the one place where objectives are drawn.
+
+        Called once per optimizer step on every process, so the sampler's generator stays in step."""
+        return self.sampler.sample()
+
+    def _reset_step(self):
+        self._drawn_at, self._objective = None, None
+        self._step_loss, self._step_tokens, self._micro_batches, self._grad_norm = 0.0, 0, 0, None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # The DataLoader collates ahead (prefetch, workers, the accumulation window), so the objective is
+        # chosen here, when the step's first micro-batch is trained, and applied to the padded batch.
+        if self._drawn_at != self.state.global_step:
+            self._drawn_at, self._objective = self.state.global_step, self.draw_objective()
+        objective = self._objective
+        # The collators draw their noise from CPU generators: corrupt on the CPU, then the Trainer moves it.
+        padded = {k: v.cpu() if torch.is_tensor(v) else v for k, v in inputs.items()}
+        batch = self.collators[objective](padded)
+        self._step_tokens += int(batch["attention_mask"].sum())
+        loss = super().training_step(model, {"objective": objective, **batch}, num_items_in_batch)
+        self._step_loss = self._step_loss + loss  # each is divided by the step's micro-batches: a mean
+        self._micro_batches += 1
+        if self._micro_batches == self.current_gradient_accumulation_steps and self.sampler.requires_grad_norm:
+            # After the step's last backward (gradients synchronised), before the Trainer clips them.
+            self._grad_norm = unscaled_encoder_grad_norm(self.accelerator, model)
+        return loss
+
+    # ------------------------------------------------------------------ meta-test
+
+    def _meta_test(self, dataset=None) -> tuple[dict, float]:
+        """Validation loss of every objective (Algorithm 1, lines 9-10), averaged over processes, and its seconds."""
+        tic = time.perf_counter()
+        batches = meta_test_batches(
+            self.eval_dataset if dataset is None else dataset, batch_size=self.args.per_device_eval_batch_size,
+            num_batches=self.meta_eval_batches, seed=self.args.seed, step=self.state.global_step,
+            process_index=self.accelerator.process_index, pad=self.data_collator, fixed=self.meta_eval_fixed)
+        reduce = (lambda t: self.accelerator.reduce(t, reduction="mean")) if self.accelerator.num_processes > 1 else None
+        losses = meta_test(self.model_wrapped, batches, self.eval_collators, seed=self.args.seed,
+                           device=self.args.device, reduce=reduce)
+        return losses, time.perf_counter() - tic
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """A meta-test on ``eval_dataset`` (default: the meta-test set): ``eval_loss`` is the mean over
+        objectives, ``eval_loss_<objective>`` each one. It neither updates the sampler nor draws randomness."""
+        if eval_dataset is None and self.eval_dataset is None:
+            raise MometasInputError("eval_dataset: evaluate() needs sequences to meta-test on")
+        losses, _ = self._meta_test(eval_dataset)
+        metrics = {f"{metric_key_prefix}_loss": sum(losses.values()) / len(losses),
+                   **{f"{metric_key_prefix}_loss_{n}": v for n, v in losses.items()}}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ the loop around the steps
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise MometasInputError(f"resume_from_checkpoint: no checkpoint in {self.args.output_dir}")
+        if resume_from_checkpoint and not os.path.isfile(_state_file(resume_from_checkpoint, self.args.process_index)):
+            raise MometasInputError(f"resume_from_checkpoint: {resume_from_checkpoint} holds no sampler state "
+                                    f"({_state_file('', self.args.process_index)}): it was not saved by a "
+                                    f"MometasTrainer with {self.args.world_size} process(es)")
+        if not resume_from_checkpoint and os.path.isfile(os.path.join(self.args.output_dir, HISTORY_FILENAME)):
+            raise MometasInputError(f"output_dir: {self.args.output_dir} holds the {HISTORY_FILENAME} of another run; "
+                                    "resume it (resume_from_checkpoint) or choose another output_dir")
+        self._resume_path = resume_from_checkpoint or None
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _begin(self):
+        self._started = time.perf_counter()
+        self._reset_step()
+        if self._resume_path is not None:
+            self._load_state(self._resume_path)
+        elif self.accelerator.process_index > 0:
+            # Every process's collators were seeded alike; without this they would corrupt the same positions.
+            for collator in self.collators.values():
+                collator.generator.manual_seed(collator.generator.initial_seed() + 1_000_003 * self.accelerator.process_index)
+        if self.args.should_save:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            if self._resume_path is not None:
+                # Rows after the checkpoint are set aside until this run saves a checkpoint of its own.
+                rewind_history(self.args.output_dir, self.state.global_step)
+            self.history = HistoryWriter(self.args.output_dir)
+        if self.run_meta_test and self.state.global_step == 0:
+            val_losses, seconds = self._meta_test()
+            self._write_row(self.sampler.update(val_losses), val_losses, seconds)  # the baselines b_i
+
+    def _end_of_step(self):
+        """After the optimizer step: the sampler observes it; every K steps, meta-test and update (lines 9-12)."""
+        objective = self._objective
+        loss = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.args.device)
+        mean_loss = (self.accelerator.reduce(loss, reduction="mean") if self.accelerator.num_processes > 1 else loss).item()
+        finite = math.isfinite(mean_loss)
+        if finite:
+            self.sampler.observe(objective, mean_loss, self._grad_norm)
+        self.tracker.record(objective, mean_loss if finite else None, self._step_tokens)
+        self._step_loss, self._step_tokens, self._micro_batches, self._grad_norm = 0.0, 0, 0, None
+        step = self.state.global_step
+        if step % self.sampler.meta_length == 0:
+            val_losses, seconds = self._meta_test() if self.run_meta_test else (None, None)
+            self._write_row(self.sampler.update(val_losses), val_losses, seconds)
+        elif step == self.state.max_steps:
+            self._write_row(None, None, None)  # the last steps fill no window: no sampler update
+
+    def _write_row(self, update, val_losses, seconds) -> dict:
+        """A collective (the window's draws and tokens are gathered); the main process writes."""
+        window = self.tracker.close_window(self.accelerator)
+        row = history_row(self.sampler, window, step=self.state.global_step, update=update, val_losses=val_losses,
+                          seconds=seconds, elapsed=time.perf_counter() - self._started,
+                          learning_rate=self._learning_rate(), num_processes=self.accelerator.num_processes)
+        if self.history is not None:
+            self.history.write(row)
+        self.log(tracker_logs(row))
+        return row
+
+    def _learning_rate(self) -> float:
+        # The rate of the next step, as the script's rows report it (the scheduler stepped already).
+        if self.lr_scheduler is not None:
+            return float(self.lr_scheduler.get_last_lr()[0])
+        return float(self.args.learning_rate)
+
+    def _finish(self):
+        if self.args.should_save:
+            drop_superseded(self.args.output_dir)
+            if self.history is not None and self.history.path.is_file():
+                plot_history(read_history(self.args.output_dir), self.args.output_dir)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, model, trial):
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        self.tracker.sync_tokens(self.accelerator)  # a collective: the totals of every process
+        # Written before the Trainer's files, so a checkpoint that has a trainer_state.json has it too.
+        os.makedirs(folder, exist_ok=True)
+        state = {"sampler": self.sampler.state_dict(), "tracker": self.tracker.state_dict(),
+                 "collators": {name: c.state_dict() for name, c in self.collators.items()}}
+        torch.save(state, _state_file(folder, self.args.process_index))
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            drop_superseded(self.args.output_dir)  # this run's own checkpoint replaces the rows set aside
+
+    def _load_state(self, folder):
+        state = torch.load(_state_file(folder, self.args.process_index), weights_only=True)
+        self.sampler.load_state_dict(state["sampler"])
+        self.tracker.load_state_dict(state["tracker"])
+        if sorted(state["collators"]) != sorted(self.collators):
+            raise MometasInputError(f"resume_from_checkpoint: {folder} was trained with the objectives "
+                                    f"{list(state['collators'])}, not {list(self.collators)}")
+        for name, collator in self.collators.items():
+            collator.load_state_dict(state["collators"][name])
+
+
+def _state_file(folder, process_index: int) -> str:
+    return os.path.join(folder, STATE_FILENAME.format(process=process_index))
+
+
+def _with_own_generator(collator):
+    clone = copy.copy(collator)
+    clone.generator = torch.Generator()
+    return clone
+
+
+__all__ = ["MometasTrainer", "history_row", "tracker_logs", "REWARD_FIELDS"]

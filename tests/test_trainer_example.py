@@ -1,0 +1,225 @@
+"""examples/trainer_mometas.py end to end: a run, its exact resumption, two gloo processes, bad input.
+
+The runs train the session's tiny random BERT on 12 paragraphs of the demo corpus, in this process
+(one thread, so that an uninterrupted run and its resumptions sum in the same order) or under
+``accelerate launch`` on a free port.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "trainer_mometas.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Module scope: the uninterrupted run (a module fixture) and its resumptions must use the same number of
+    # threads, or their sums differ in the last bit; one thread also keeps a loaded 2-core machine fast.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_module(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def example_env():
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true")
+    return env
+
+
+def read_rows(folder):
+    return [json.loads(line) for line in (Path(folder) / "sampler_history.jsonl").read_text().splitlines()]
+
+
+def comparable(rows):
+    return [{k: v for k, v in row.items() if k not in ("elapsed_seconds", "meta_test_seconds")} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def small_corpus(english_corpus, tmp_path_factory):
+    # With 20% held out: 19 training sequences, 5 micro-batches of 4, 3 optimizer steps per epoch (the third
+    # of one micro-batch), so 14 steps cross 4 epoch boundaries; 5 validation sequences.
+    path = tmp_path_factory.mktemp("small_corpus") / "corpus.txt"
+    path.write_text("".join(Path(english_corpus).read_text().splitlines(keepends=True)[:12]))
+    return str(path)
+
+
+def example_args(tiny_bert, corpus, out, *extra):
+    return ["--model_name_or_path", tiny_bert, "--train_file", corpus, "--validation_split_percentage", "20",
+            "--objectives", "mlm,cse,atd,dtd",
+            "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+            "--per_device_eval_batch_size", "4", "--meta_length", "4", "--max_steps", "14", "--save_steps", "4",
+            "--learning_rate", "1e-3", "--seed", "3", "--min_probability", "0.02", "--logging_steps", "2",
+            "--eval_strategy", "steps", "--eval_steps", "6", "--use_cpu", "true", "--dataloader_pin_memory", "false",
+            "--disable_tqdm", "true", "--output_dir", str(out), *extra]
+
+
+def run_example(argv):
+    return load_module(EXAMPLE).main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_bert, small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trainer") / "full"
+    trainer = run_example(example_args(tiny_bert, small_corpus, out, "--report_to", "tensorboard"))
+    return out, trainer
+
+
+def test_the_example_trains_writes_the_history_and_logs_the_probabilities(full_run):
+    out, trainer = full_run
+    rows = read_rows(out)
+    assert [row["step"] for row in rows] == [0, 4, 8, 12, 14]
+    assert rows[0]["reward"] is None and all(row["reward"] is not None for row in rows[1:4])
+    assert rows[-1]["reward"] is None and rows[-1]["val_loss"] is None  # the last 2 steps fill no window
+    assert [len(row["rollout"]) for row in rows] == [0, 4, 4, 4, 2]
+    assert rows[3]["probabilities"] != rows[0]["probabilities"], "MOMETAS learned something"
+    assert min(rows[3]["probabilities"].values()) >= 0.02 - 1e-12  # --min_probability reached the sampler
+    assert rows[-1]["learning_rate"] == 0.0 and rows[1]["learning_rate"] == pytest.approx(1e-3 * 10 / 14)
+    assert int(trainer.state.epoch) == 4, "the run crossed 4 epoch boundaries"
+    for name in ("model.safetensors", "config.json", "modeling_mometas.py", "tokenizer.json", "README.md",
+                 "probabilities.png", "average_weights.png", "validation_loss.png", "cumulative_reward.png"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-14", "checkpoint-4",
+                                                               "checkpoint-8"]
+    assert all((p / "mometas_state_0.pt").is_file() for p in out.glob("checkpoint-*"))
+    # The trackers: sampler/p_<objective> at every row, and the Trainer's evaluation is a meta-test.
+    logged = [entry for entry in trainer.state.log_history if "sampler/p_mlm" in entry]
+    assert [entry["step"] for entry in logged] == [0, 4, 8, 12, 14]
+    assert logged[2]["sampler/p_atd"] == rows[2]["probabilities"]["atd"]
+    assert [e["step"] for e in trainer.state.log_history if "eval_loss_cse" in e] == [6, 12, 14]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(out.rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    assert "train/sampler/p_dtd" in events.Tags()["scalars"]  # the Trainer files its logs under train/
+
+
+def test_the_example_trains_emlm_on_spacy_entities(tiny_bert, small_corpus, tmp_path):
+    pytest.importorskip("spacy")
+    out = tmp_path / "emlm"
+    argv = example_args(tiny_bert, small_corpus, out, "--entity_tagger", "spacy")
+    argv[argv.index("--objectives") + 1], argv[argv.index("--max_steps") + 1] = "mlm,emlm", "4"
+    run_example(argv)
+    rows = read_rows(out)
+    assert [row["step"] for row in rows] == [0, 4] and set(rows[-1]["val_loss"]) == {"mlm", "emlm"}
+    assert rows[-1]["tokens_seen"]["emlm"] > 0
+
+
+@pytest.mark.parametrize("step", [4, 12])
+def test_the_example_resumes_exactly(full_run, tiny_bert, small_corpus, tmp_path, step):
+    """Killed after checkpoint-N: resumed, every row (draws, probabilities, rewards, losses) and the weights are
+    those of the uninterrupted run. Step 4 is within an epoch; 12 ends one and leaves a partial window."""
+    full, _ = full_run
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(full / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    # The history of a run killed later than the checkpoint: rows after it are set aside and rewritten.
+    shutil.copy(full / "sampler_history.jsonl", out / "sampler_history.jsonl")
+    run_example(example_args(tiny_bert, small_corpus, out, "--resume_from_checkpoint", "latest"))
+    assert comparable(read_rows(out)) == comparable(read_rows(full))
+    assert not (out / "sampler_history.superseded.json").exists()
+    expected, got = load_file(full / "model.safetensors"), load_file(out / "model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def launch_two_processes(argv):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]  # never Accelerate's default 29500: other suites run here
+    with subprocess.Popen([*launcher, str(EXAMPLE), *map(str, argv)], cwd=ROOT, env=example_env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as process:
+        try:
+            _, stderr = process.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    assert process.returncode == 0, stderr[-4000:]
+
+
+def two_process_args(tiny_bert, corpus, out, *extra):
+    argv = example_args(tiny_bert, corpus, out, *extra)
+    argv[argv.index("--max_steps") + 1] = "6"
+    return argv
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_bert, small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trainer_ddp") / "ddp"
+    launch_two_processes(two_process_args(tiny_bert, small_corpus, out))
+    return out
+
+
+def test_two_gloo_processes_draw_the_same_objectives(two_process_run):
+    out = two_process_run
+    rows = read_rows(out)
+    assert all(row["num_processes"] == 2 for row in rows), "the launcher must really start two processes"
+    assert [row["step"] for row in rows] == [0, 4, 6]
+    for row, length in zip(rows, (0, 4, 2)):
+        first, second = row["process_rollouts"]
+        assert len(first) == length and first == second == row["rollout"]
+    assert sorted(p.name for p in (out / "checkpoint-4").glob("mometas_state_*.pt")) == ["mometas_state_0.pt",
+                                                                                        "mometas_state_1.pt"]
+
+
+def test_two_gloo_processes_resume_exactly(two_process_run, tiny_bert, small_corpus, tmp_path):
+    # Each process continues its own collators' noise and RNG (mometas_state_<process>.pt, rng_state_<process>.pth).
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(two_process_run / "checkpoint-4", out / "checkpoint-4")
+    launch_two_processes(two_process_args(tiny_bert, small_corpus, out, "--resume_from_checkpoint", "latest"))
+    assert comparable(read_rows(out)) == comparable(read_rows(two_process_run))[2:]
+    expected, got = load_file(two_process_run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--meta_length", "0"], "error: --meta_length: expected a positive integer, got 0"),
+    (["--objectives", "mlm,nope"], "error: --objectives: unknown objective(s) ['nope']"),
+    (["--sampler", "nope"], "error: --sampler: expected one of fixed, gradient, loss, mometas, uniform, got 'nope'"),
+    (["--sampler", "fixed"], "error: --sampler_weights: the fixed sampler needs a weight per objective"),
+    (["--validation_split_percentage", "0"], "error: --validation_split_percentage: expected a number in (0, 100)"),
+    (["--train_file", "missing.txt"], "error: --train_file missing.txt does not exist"),
+    (["--no_such_flag", "1"], "error: unrecognized arguments: --no_such_flag 1"),
+    (["--history"], "error: --output_dir: "),
+    (["--no_state"], "error: --resume_from_checkpoint: "),
+])
+def test_bad_input_is_one_line_naming_the_flag(flags, fragment, tiny_bert, small_corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    if flags == ["--history"]:
+        out.mkdir()
+        (out / "sampler_history.jsonl").write_text('{"step": 0}\n')
+        flags = []
+    if flags == ["--no_state"]:  # a Trainer checkpoint without the sampler's state
+        (out / "checkpoint-4").mkdir(parents=True)
+        flags = ["--resume_from_checkpoint", out / "checkpoint-4"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_example([*example_args(tiny_bert, small_corpus, out), *flags])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
+    assert errors[0].startswith(fragment), errors[0]
