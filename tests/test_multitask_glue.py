@@ -353,3 +353,51 @@ def test_reader_reads_the_shared_slices_as_run_glue_does(task):
                           split.data[split.columns["sentence2"]] if split.columns["sentence2"] else [None] * len(split.data),
                           run_glue.check_labels(split, name, run_glue.TASKS[task], label_list)))
         assert mt.read_task_file(path, task) == theirs
+
+
+# ------------------------------------------------------------------------------------------ the study
+
+
+@pytest.mark.slow
+def test_study_driver_caches_reports_and_writes_no_absolute_paths(tiny, tmp_path):
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    command = [sys.executable, str(ROOT / "study" / "multitask.py"), "--model_name_or_path", tiny["model"],
+               "--data_dir", tiny["data"], "--results_dir", str(results), "--cache_dir", str(cache), "--name", "mt",
+               "--samplers", "uniform,mometas", "--seeds", "1,2", "--extra",
+               "--max_train_steps 10 --meta_length 5 --meta_test_examples 6 --per_device_train_batch_size 4 "
+               "--per_device_eval_batch_size 8 --max_seq_length 32 --learning_rate 1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in (results / "mt").iterdir()) == [
+        "mometas_seed1.json", "mometas_seed2.json", "uniform_seed1.json", "uniform_seed2.json"]
+    assert (results / "mt_weights.png").is_file() and (results / "mt.md").is_file()
+    assert "| sampler | SST-2 (Acc) | MRPC (Acc) | RTE (Acc) | CoLA (MCC) | STS-B (Spc) | **Avg** |" in done.stdout
+    summary = json.loads((results / "mt.json").read_text())
+    assert set(summary["table"]) == {"uniform", "mometas"}
+    cell = summary["against_uniform"]["mometas"]["average"]
+    assert len(cell["paired_differences"]) == 2 and cell["within_spread"] == (abs(cell["difference"]) <= cell["spread"])
+    run = json.loads((results / "mt" / "mometas_seed1.json").read_text())
+    assert [r["step"] for r in run["rows"]] == [0, 5, 10] and run["command"][0] == "examples/multitask_glue.py"
+    assert "$MODEL" in run["command"]
+
+    # No absolute path in anything the study writes for the repository.
+    def strings(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield str(k)
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+
+    for path in [results / "mt.json", *(results / "mt").iterdir()]:
+        for text in strings(json.loads(path.read_text())):
+            assert not text.startswith("/") and str(tmp_path) not in text, (path.name, text)
+    assert str(tmp_path) not in (results / "mt.md").read_text()
+
+    # Cached: a second call runs nothing.
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert again.returncode == 0 and again.stdout.count(": cached") == 4, again.stdout[-2000:]
