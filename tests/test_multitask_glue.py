@@ -401,3 +401,23 @@ def test_study_driver_caches_reports_and_writes_no_absolute_paths(tiny, tmp_path
     # Cached: a second call runs nothing.
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert again.returncode == 0 and again.stdout.count(": cached") == 4, again.stdout[-2000:]
+
+
+def test_saved_encoder_and_head_make_a_sequence_classifier(tiny, tmp_path):
+    """docs/multitask.md's recipe: AutoModelForSequenceClassification from the folder, the task's head from
+    heads.safetensors, gives the multi-task model's logits."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    out = tmp_path / "out"
+    run_ok(base_flags(tiny, out, "--sampler", "uniform", "--max_train_steps", 4))
+    heads = load_file(str(out / "heads.safetensors"))
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 14, 3, 0]])
+    inputs = {"input_ids": ids, "attention_mask": (ids > 0).long()}
+    multitask = mt.MultiTaskModel(AutoModel.from_pretrained(out), {"rte": 2, "stsb": 1}).eval()
+    multitask.heads.load_state_dict({k: v for k, v in heads.items() if k.split(".")[0] in ("rte", "stsb")})
+    for task, n in (("rte", 2), ("stsb", 1)):
+        model = AutoModelForSequenceClassification.from_pretrained(out, num_labels=n).eval()
+        model.classifier.load_state_dict({"weight": heads[f"{task}.weight"], "bias": heads[f"{task}.bias"]})
+        with torch.no_grad():
+            assert torch.allclose(model(**inputs).logits, multitask(task, **inputs)[1], atol=1e-6)
