@@ -234,6 +234,17 @@ def test_proportional_run_draws_from_those_weights(tiny, tmp_path):
     assert [r["rollout"] for r in history(tmp_path / "train")] == [r["rollout"] for r in history(tmp_path / "uniform")]
 
 
+def test_the_librarys_other_samplers_run_too(tiny, tmp_path):
+    run_ok(base_flags(tiny, tmp_path / "fixed", "--sampler", "fixed", "--task_weights", "sst2=3,mrpc=1,rte=0,cola=0,stsb=0"))
+    rows = history(tmp_path / "fixed")
+    assert rows[0]["probabilities"] == pytest.approx({"sst2": 0.75, "mrpc": 0.25, "rte": 0, "cola": 0, "stsb": 0})
+    assert {t for r in rows for t in r["rollout"]} <= {"sst2", "mrpc"}
+    for sampler in ("gradient", "loss"):  # they adapt from training signals: no meta-test needed
+        run_ok(base_flags(tiny, tmp_path / sampler, "--sampler", sampler))
+        rows = history(tmp_path / sampler)
+        assert [r["step"] for r in rows] == [5, 10, 12] and rows[1]["val_loss"] is None
+
+
 def test_history_rows_have_the_pretraining_scripts_keys(tiny, tmp_path):
     """The same row format as run_mometas_pretraining.py's write_history_row, so the plots read both."""
     import run_mometas_pretraining as pre
