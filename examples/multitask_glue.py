@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -363,8 +364,9 @@ def read_task_file(path, task_name):
         positions = (_find(header, task.sentence1), _find(header, task.sentence2) if task.sentence2 else None,
                      _find(header, task.label))
         if positions[0] is None or positions[2] is None or (task.sentence2 and positions[1] is None):
-            raise InputError(f"--data_dir: {path}: the header {header} lacks the {task_name} columns "
-                             f"{task.sentence1[0]}, {task.sentence2[0] if task.sentence2 else ''} {task.label[0]}")
+            wanted = [names[0] for names in (task.sentence1, task.sentence2, task.label) if names]
+            raise InputError(f"--data_dir: {path}: the header lacks a {task_name} column; expected "
+                             f"{', '.join(wanted)}, got {', '.join(header)}")
         body = numbered[1:]
     elif task.headerless is not None:
         positions, body = task.headerless, numbered
@@ -383,7 +385,10 @@ def read_task_file(path, task_name):
             except ValueError:
                 raise InputError(f"--data_dir: {path}: line {number}: score {raw!r} is not a number") from None
         else:
-            label = lookup.get(str(int(float(raw))) if raw.replace(".", "", 1).isdigit() else raw.lower())
+            key = raw.lower()
+            if re.fullmatch(r"\d+(\.0*)?", key):  # "1", "1.0"
+                key = str(int(float(key)))
+            label = lookup.get(key)
             if label is None:
                 raise InputError(f"--data_dir: {path}: line {number}: unknown label {raw!r}; expected one of "
                                  f"{', '.join(task.label_values)}")
