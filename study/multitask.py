@@ -155,7 +155,7 @@ def summarize(args, runs):
     from mometas_utils.history import average_distribution, cumulative_reward
 
     tasks = [t for t in TASKS if all(t in r["primary"] for r in runs)] if runs else TASKS
-    table, secondary, weights, rewards = {}, {}, {}, {}
+    table, secondary, weights, rewards, terms, final_loss = {}, {}, {}, {}, {}, {}
     for sampler in args.samplers:
         mine = sorted((r for r in runs if r["sampler"] == sampler), key=lambda r: r["seed"])
         if not mine:
@@ -174,11 +174,17 @@ def summarize(args, runs):
             "steps_per_task": {r["seed"]: r["steps_per_task"] for r in mine},
         }
         rewards[sampler] = {r["seed"]: cumulative_reward(r["rows"]) for r in mine}
+        # What the reward was made of: each task's relative-drop terms summed over the meta-tests.
+        final_loss[sampler] = {r["seed"]: next((row["val_loss"] for row in reversed(r["rows"]) if row.get("val_loss")), None)
+                               for r in mine}
+        terms[sampler] = {r["seed"]: {t: sum((row.get("reward_terms") or {}).get(t) or 0.0 for row in r["rows"])
+                                      for t in tasks} for r in mine}
     comparison = compare_to_uniform(table, tasks, runs)
     cost = {f"{r['sampler']}_seed{r['seed']}": {"wall_seconds": r["wall_seconds"], "cpu_seconds": r["cpu_seconds"]}
             for r in runs}
     return {"tasks": tasks, "table": table, "secondary": secondary, "against_uniform": comparison,
-            "weights": weights, "cumulative_reward": rewards, "cost": cost,
+            "weights": weights, "cumulative_reward": rewards, "reward_terms_total": terms,
+            "final_heldout_loss": final_loss, "cost": cost,
             "cpu_hours": sum((r["cpu_seconds"] or 0) for r in runs) / 3600,
             "wall_hours": sum(r["wall_seconds"] for r in runs) / 3600}
 
@@ -250,6 +256,18 @@ def markdown(summary) -> str:
             steps = w["steps_per_task"][seed]
             lines.append(f"| {sampler} | {seed} | " + " | ".join(
                 f"{avg.get(t, 0):.3f} ({final.get(t, 0):.3f}), {steps.get(t, 0)} steps" for t in tasks) + " |")
+    lines += ["", "Reward terms summed over the meta-tests, per task (the summed relative drop of its held-out loss):", "",
+              "| sampler | seed | " + " | ".join(tasks) + " | total |", "|---" * (len(tasks) + 3) + "|"]
+    for sampler, per_seed in summary["reward_terms_total"].items():
+        for seed, by_task in per_seed.items():
+            lines.append(f"| {sampler} | {seed} | " + " | ".join(f"{by_task[t]:+.3f}" for t in tasks)
+                         + f" | {sum(by_task.values()):+.3f} |")
+    lines += ["", "Held-out (meta-test) loss per task at the last meta-test (STS-B: MSE):", "",
+              "| sampler | seed | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
+    for sampler, per_seed in summary["final_heldout_loss"].items():
+        for seed, losses in per_seed.items():
+            if losses:
+                lines.append(f"| {sampler} | {seed} | " + " | ".join(f"{losses[t]:.3f}" for t in tasks) + " |")
     lines += ["", f"Cost: {summary['cpu_hours']:.2f} CPU hours ({summary['wall_hours']:.2f} h wall) for "
               f"{len(summary['cost'])} runs; per run: " + ", ".join(
                   f"{name} {c['cpu_seconds'] / 60:.1f} min CPU ({c['wall_seconds'] / 60:.1f} wall)"
