@@ -297,13 +297,17 @@ def plot(summary, path: Path):
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
+    top = max((p for rows in runs.values() for r in rows if r.get("probabilities") for p in r["probabilities"].values()),
+              default=1.0)
+    for seed in runs:  # one scale for every seed's panel
+        grid[f"seed{seed}"].set_ylim(0, min(1.0, top * 1.08))
     ax = grid["reward"]
     styles = ["-", "--", ":", "-."]
     for i, (sampler, curves) in enumerate(summary["cumulative_reward"].items()):
         for j, (seed, (steps, cum)) in enumerate(curves.items()):
             if steps:
                 ax.plot(steps, cum, color=f"C{i}", linestyle=styles[j % len(styles)], label=f"{sampler} seed {seed}")
-    ax.set_title("Cumulative reward ΣR(τ): summed relative drop of the held-out losses at each meta-test")
+    ax.set_title("Cumulative reward ΣR(τ), all samplers (only MOMETAS learns from it)")
     ax.set_xlabel("training step")
     ax.set_ylabel("cumulative reward")
     ax.grid(alpha=0.3)
