@@ -38,6 +38,7 @@ from transformers import AutoConfig, AutoTokenizer, SchedulerType, get_scheduler
 
 from mometas_utils.card import build_model_card, is_hub_id, save_model_card
 from mometas_utils.checkpoints import (
+    PerProcessState,
     checkpoint_step,
     complete_checkpoints,
     config_differences,
@@ -831,8 +832,9 @@ def train(args, hub_token=None):
 
     pad = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=args.max_seq_length if args.pad_to_max_length else None)
     train_dataloader = train_loader(splits["train"], args, pad, accelerator.device)
+    # Each process its own noise: with one seed, processes given sequences of one length would mask the same positions.
     collators = build_objectives(args.objective_list, tokenizer, noise_probability=args.noise_probability,
-                                 seed=args.seed, max_length=args.max_seq_length)
+                                 seed=args.seed + 1_000_003 * accelerator.process_index, max_length=args.max_seq_length)
     eval_collators = build_objectives(args.objective_list, tokenizer, noise_probability=args.noise_probability,
                                       seed=args.seed, max_length=args.max_seq_length)
     sampler = make_sampler(args)
@@ -862,7 +864,7 @@ def train(args, hub_token=None):
         train_dataloader = prepare_data_loader(train_dataloader, num_processes=1, process_index=0, put_on_device=False)
     else:
         train_dataloader = accelerator.prepare_data_loader(train_dataloader, device_placement=False)
-    accelerator.register_for_checkpointing(sampler, *collators.values(), tracker)
+    accelerator.register_for_checkpointing(sampler, PerProcessState(accelerator, collators.values()), tracker)
     if args.with_tracking:
         config_values = {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(TRACKER_PROJECT, config_values)

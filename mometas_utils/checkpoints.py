@@ -168,3 +168,36 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 __all__ = ["CHECKPOINT_MARKER", "CHECKPOINT_PREFIX", "checkpoint_step", "complete_checkpoints", "config_differences",
            "latest_checkpoint", "remove_checkpoints_after", "rotate_checkpoints", "save_checkpoint", "verify_checkpoint"]
+
+
+class PerProcessState:
+    """Checkpoints objects whose state differs from process to process: the collators' noise generators.
+
+    Accelerate saves a registered object's ``state_dict()`` from the main process only, so on
+    resume every process would load process 0's generators and corrupt its batches differently
+    from the uninterrupted run. Registered in their place, this gathers every process's states
+    (``state_dict`` is a collective: Accelerate calls it on every process) and gives each process
+    its own back on load.
+    """
+
+    def __init__(self, accelerator, objects):
+        self.accelerator = accelerator
+        self.objects = list(objects)
+
+    def state_dict(self) -> dict:
+        from accelerate.utils import gather_object
+
+        local = [obj.state_dict() for obj in self.objects]
+        every = gather_object([local]) if self.accelerator.num_processes > 1 else [local]
+        return {"per_process": every}
+
+    def load_state_dict(self, state: dict) -> None:
+        every = state.get("per_process") if isinstance(state, dict) else None
+        if every is None or len(every) != self.accelerator.num_processes:
+            found = "none" if every is None else f"{len(every)} processes"
+            raise MometasInputError(
+                f"resume_from_checkpoint: the checkpoint holds the collators' states of {found}, this run has "
+                f"{self.accelerator.num_processes} processes (a checkpoint of an older version cannot be resumed)"
+            )
+        for obj, obj_state in zip(self.objects, every[self.accelerator.process_index]):
+            obj.load_state_dict(obj_state)

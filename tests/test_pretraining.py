@@ -238,6 +238,17 @@ def test_two_processes_draw_the_same_objectives_and_finish_off_the_meta_length(t
     assert rows[1]["learning_rate"] == pytest.approx(5e-5 * (25 - 10) / (25 - 2))
     assert [p.name for p in out.glob("step_*")] == ["step_20"], "--checkpoints_total_limit 1"
     assert (out / "model.safetensors").is_file()
+    # Two processes resume exactly too: each gets back its own collators' noise, not process 0's.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "step_20", resumed / "step_20")
+    shutil.copy(out / "sampler_history.jsonl", resumed / "sampler_history.jsonl")
+    result = run_script([*args[:-1], resumed, "--resume_from_checkpoint", "latest"], launcher=accelerate_launch(2),
+                        env=script_env(ACCELERATE_USE_CPU="true"), timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert comparable(read_rows(resumed)) == comparable(rows)
+    expected, got = load_file(out / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
 
 
 # ----------------------------------------------------------------------------- an output folder belongs to one run
