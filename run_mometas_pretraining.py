@@ -53,6 +53,7 @@ from mometas_utils.corpus import load_raw_corpus
 from mometas_utils.data import iter_rows
 from mometas_utils.entities import ENTITY_TAGGERS, check_entity_tagger
 from mometas_utils.errors import MometasInputError
+from mometas_utils.head_warmup import check_head_warmup, lacking_heads, phased_scheduler, set_encoder_trainable, split_param_groups
 from mometas_utils.history import HistoryWriter, drop_superseded, read_history, rewind_history, summarize_distribution
 from mometas_utils.hub import BackgroundUploads, HubPushError, check_repo_id, prepare_repo, push_folder
 from mometas_utils.meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
@@ -90,7 +91,7 @@ RESUME_SETTINGS = (
     "seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_seq_length", "line_by_line",
     "pad_to_max_length", "noise_probability", "dataset_name", "dataset_config_name", "text_column", "streaming",
     "validation_split_percentage", "entity_tagger", "entity_column", "per_device_eval_batch_size",
-    "meta_eval_batches", "meta_eval_fixed", "dataloader_num_workers",
+    "meta_eval_batches", "meta_eval_fixed", "dataloader_num_workers", "head_warmup_steps",
 )
 REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale")
 
@@ -226,6 +227,13 @@ def build_parser(given=()):
                     help="torch.optim.AdamW(fused=True): one kernel for the whole update (see docs/gpu.md).")
     tr.add_argument("--skip_nonfinite_steps", type=int, default=0,
                     help="Skip up to N steps whose loss or gradient norm is NaN or infinite; one more stops the run.")
+    tr.add_argument("--head_warmup_steps", type=int, default=0,
+                    help="First train, for N steps on a frozen encoder, the objective heads the checkpoint lacks "
+                    "(objectives drawn uniformly among them); then everything trains and the sampler starts learning. "
+                    "Counted in --max_train_steps.")
+    tr.add_argument("--head_warmup_learning_rate", type=float, default=1e-3,
+                    help="The heads' constant rate during --head_warmup_steps (alone on a frozen encoder they "
+                    "tolerate far more than the encoder's --learning_rate).")
 
     out = parser.add_argument_group("output, checkpoints, tracking, Hub")
     out.add_argument("--output_dir", type=str, required=not demo and "--preprocess_only" not in given, help="Folder of the run: model, history, checkpoints (required unless --demo or --preprocess_only).")
@@ -333,11 +341,12 @@ FLOAT_RANGES = {
     "warmup_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
     "validation_split_percentage": ("in (0, 100)", lambda v: 0 < v < 100),
     "noise_probability": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "head_warmup_learning_rate": ("> 0", lambda v: v > 0),
 }
 INT_MINIMA = dict(per_device_train_batch_size=1, per_device_eval_batch_size=1, gradient_accumulation_steps=1,
                   meta_eval_batches=1, logging_steps=1, num_train_epochs=1, max_train_steps=1, num_warmup_steps=0,
                   checkpoints_total_limit=1, skip_nonfinite_steps=0, preprocessing_num_workers=1, meta_length=1,
-                  dataloader_num_workers=0,
+                  dataloader_num_workers=0, head_warmup_steps=0,
                   seed=0)
 
 
@@ -355,6 +364,11 @@ def validate_args(args):
             raise MometasInputError(f"--{name} must be at least {low}, got {value}")
     if args.seed >= 2**32:
         raise MometasInputError(f"--seed must be below 2**32, got {args.seed}")
+    if args.head_warmup_steps and args.config_name:
+        raise MometasInputError("--head_warmup_steps warms up the heads a pretrained --model_name_or_path lacks; a "
+                                "model new from --config_name has no encoder worth freezing")
+    if args.head_warmup_steps and args.max_train_steps is not None:
+        check_head_warmup(args.head_warmup_steps, args.max_train_steps, None)
     if args.model_name_or_path is None and args.tokenizer_name is None:
         raise MometasInputError("--tokenizer_name is required with --config_name and no --model_name_or_path")
     if args.train_file is None and args.dataset_name is None and not uses_processed_dataset(args):
@@ -511,17 +525,20 @@ def load_tokenizer(args, config):
 
 
 def load_model(args, config):
-    """The shared encoder under a head per objective: from the checkpoint, or new from --config_name."""
+    """The shared encoder under a head per objective, from the checkpoint or new from --config_name, and
+    the objectives whose heads the checkpoint lacked."""
     heads = objective_heads(args.objective_list)
     if args.config_name:
         base_config = config.to_dict()
         base_config.pop("objectives", None)
-        return MometasForPreTraining(MometasConfig(**{**base_config, "objectives": heads}))
+        return MometasForPreTraining(MometasConfig(**{**base_config, "objectives": heads})), list(heads)
     try:
-        return MometasForPreTraining.from_pretrained(args.model_name_or_path, objectives=heads, cache_dir=args.cache_dir)
+        model, info = MometasForPreTraining.from_pretrained(args.model_name_or_path, objectives=heads,
+                                                            cache_dir=args.cache_dir, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise MometasInputError(f"--model_name_or_path {args.model_name_or_path} holds no usable weights "
                                 f"({str(e).strip().splitlines()[0][:200]})") from None
+    return model, lacking_heads(heads, info["missing_keys"])
 
 
 # --------------------------------------------------------------------------- data
@@ -619,6 +636,11 @@ def preprocess(args):
     state.wait_for_everyone()
 
 
+def _probe_optimizer():
+    """An optimizer of nothing, to read a transformers schedule's multiplier off without touching the real one."""
+    return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+
+
 def train_loader(train, args, pad, device):
     """Padded CPU batches; pinned on CUDA, where a pinned batch's copy to the GPU overlaps the compute."""
     return DataLoader(
@@ -645,10 +667,11 @@ def meta_test_losses(model, validation, eval_collators, args, step, accelerator,
 
 
 def write_history_row(accelerator, history, tracker, sampler, *, step, update, val_losses, seconds, learning_rate,
-                      started, with_tracking):
+                      started, with_tracking, extra=None):
     """One row of sampler_history.jsonl (and the trackers): the sampler after its update and the window before it.
 
-    A collective: every process calls it; the main process writes.
+    ``extra`` marks a row (``head_warmup_end``: the row of the step the head warm-up ended, whose window holds
+    the warm-up's draws). A collective: every process calls it; the main process writes.
     """
     window = tracker.close_window(accelerator)
     row = {
@@ -662,6 +685,7 @@ def write_history_row(accelerator, history, tracker, sampler, *, step, update, v
     }
     if "process_rollouts" in window:
         row["process_rollouts"] = window["process_rollouts"]
+    row.update(extra or {})
     if history is not None:
         history.write(row)
     if with_tracking:
@@ -804,14 +828,16 @@ def train(args, hub_token=None):
     if args.with_tracking and args.report_to != "all" and len(accelerator.log_with) < len(args.report_to.split(",")):
         raise MometasInputError(f"--report_to {args.report_to}: not every tracker is installed")
     check_parallel_support(accelerator, sampler=args.sampler, skip_nonfinite_steps=args.skip_nonfinite_steps,
-                           max_grad_norm=args.max_grad_norm)
+                           max_grad_norm=args.max_grad_norm, head_warmup_steps=args.head_warmup_steps)
 
     resume_path, marker = resolve_resume(args, accelerator.num_processes)
     check_output_dir(args, resume_path)
     config = load_model_config(args)
     tokenizer = load_tokenizer(args, config)
     set_seed(args.seed)
-    model = load_model(args, config)
+    model, lacking = load_model(args, config)
+    warmup_objectives = lacking if args.head_warmup_steps else []
+    check_head_warmup(args.head_warmup_steps, None, warmup_objectives)
     if args.push_to_hub and accelerator.is_main_process:
         args.hub_repo_id = prepare_repo(args.hub_model_id, token=hub_token, private=args.hub_private_repo)
     with accelerator.main_process_first():
@@ -845,16 +871,24 @@ def train(args, hub_token=None):
         {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": args.weight_decay},
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
+    head_warmup = args.head_warmup_steps
+    if head_warmup:
+        groups = split_param_groups(model, groups)  # the heads' own rate during the warm-up
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, fused=args.fused_adamw or None)
 
     steps_per_epoch = None if args.streaming else math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * steps_per_epoch
-    warmup = args.num_warmup_steps if args.num_warmup_steps is not None else math.ceil(args.warmup_ratio * args.max_train_steps)
+        check_head_warmup(head_warmup, args.max_train_steps, None)
+    main_steps = args.max_train_steps - head_warmup  # the run's schedule starts when the warm-up ends
+    warmup = args.num_warmup_steps if args.num_warmup_steps is not None else math.ceil(args.warmup_ratio * main_steps)
     # Once prepared, the scheduler steps once per process at every optimizer step.
-    lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer,
+    lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer if not head_warmup else _probe_optimizer(),
                                  num_warmup_steps=warmup * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+                                 num_training_steps=main_steps * accelerator.num_processes)
+    if head_warmup:
+        lr_scheduler = phased_scheduler(optimizer, lr_scheduler.lr_lambdas[0], head_warmup,
+                                        args.head_warmup_learning_rate / args.learning_rate, accelerator.num_processes)
 
     # The loader yields padded CPU batches; the step's collator corrupts them, then they move.
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
@@ -865,6 +899,10 @@ def train(args, hub_token=None):
     else:
         train_dataloader = accelerator.prepare_data_loader(train_dataloader, device_placement=False)
     accelerator.register_for_checkpointing(sampler, PerProcessState(accelerator, collators.values()), tracker)
+    # The warm-up's uniform draws have their own generator: the sampler's stream starts where its learning does.
+    warmup_sampler = build_sampler("uniform", warmup_objectives, seed=args.seed + 1) if head_warmup else None
+    if warmup_sampler is not None:
+        accelerator.register_for_checkpointing(warmup_sampler)
     if args.with_tracking:
         config_values = {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(TRACKER_PROJECT, config_values)
@@ -883,10 +921,10 @@ def train(args, hub_token=None):
                    if every_save and accelerator.is_main_process else None)
     objective = None
 
-    def row(step, update, val_losses, seconds):
+    def row(step, update, val_losses, seconds, extra=None):
         return write_history_row(accelerator, history, tracker, sampler, step=step, update=update, val_losses=val_losses,
                                  seconds=seconds, learning_rate=lr_scheduler.get_last_lr()[0], started=started,
-                                 with_tracking=args.with_tracking)
+                                 with_tracking=args.with_tracking, extra=extra)
 
     def batches():
         """Padded training batches forever, epoch after epoch, from where a resumed run stopped."""
@@ -899,7 +937,12 @@ def train(args, hub_token=None):
             epoch, skip = epoch + 1, 0
 
     started = time.perf_counter()
-    if run_meta_test and completed_steps == 0:
+    if completed_steps < head_warmup:
+        logger.info(f"Head warm-up: steps {completed_steps + 1}-{head_warmup} train the heads of {warmup_objectives} "
+                    f"on a frozen encoder at rate {args.head_warmup_learning_rate:g}")
+        set_encoder_trainable(accelerator.unwrap_model(model), False)
+    # With a warm-up, the first meta-test waits for trained heads: random heads' losses are no baselines.
+    if run_meta_test and completed_steps == 0 and not head_warmup:
         val_losses, seconds = meta_test_losses(model, splits["validation"], eval_collators, args, 0, accelerator, pad)
         row(0, sampler.update(val_losses), val_losses, seconds)
 
@@ -915,7 +958,8 @@ def train(args, hub_token=None):
         model.train()
         while completed_steps < args.max_train_steps:
             # Meta-train (Algorithm 1, lines 4-8): one objective for the whole step, the same on every process.
-            objective = sampler.sample()
+            warming = completed_steps < head_warmup
+            objective = warmup_sampler.sample() if warming else sampler.sample()
             step_loss, tokens = torch.zeros((), device=accelerator.device), 0
             for _ in range(args.gradient_accumulation_steps):
                 epoch, batches_in_epoch, padded = next(stream)
@@ -926,7 +970,7 @@ def train(args, hub_token=None):
                     accelerator.backward(loss)
                 step_loss += loss.detach() / args.gradient_accumulation_steps
             mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
-            grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm else None
+            grad_norm = unscaled_encoder_grad_norm(accelerator, model) if sampler.requires_grad_norm and not warming else None
             clipped = args.max_grad_norm > 0
             total_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) if clipped else None
             completed_steps += 1
@@ -937,7 +981,8 @@ def train(args, hub_token=None):
                 # the fp16 loss scaler skips: the learning rates the weights see do not depend on how many
                 # steps were skipped (the same rule in the fine-tuning scripts; docs/gpu.md).
                 lr_scheduler.step()
-                sampler.observe(objective, mean_loss, grad_norm)
+                if not warming:
+                    sampler.observe(objective, mean_loss, grad_norm)
             elif clipped and accelerator.scaler is not None:
                 # clip_grad_norm_ unscaled the gradients; without optimizer.step() nothing would call the
                 # scaler's update(), and the next step's unscale_() would raise. update() closes the step
@@ -946,8 +991,17 @@ def train(args, hub_token=None):
             optimizer.zero_grad(set_to_none=True)
             tracker.record(objective, mean_loss if trained else None, tokens)
             log_step(progress, accelerator, args, sampler, completed_steps, objective, mean_loss, lr_scheduler)
+            if warming:
+                warmup_sampler.rollout.clear()  # nothing learns from the warm-up's draws
 
-            if completed_steps % args.meta_length == 0:
+            if head_warmup and completed_steps == head_warmup:
+                # The warm-up ends: everything trains from now on, and the sampler's first meta-test
+                # gives the baselines b_i its first reward is measured against.
+                set_encoder_trainable(accelerator.unwrap_model(model), True)
+                val_losses, seconds = (meta_test_losses(model, splits["validation"], eval_collators, args,
+                                                        completed_steps, accelerator, pad) if run_meta_test else (None, None))
+                row(completed_steps, sampler.update(val_losses), val_losses, seconds, extra={"head_warmup_end": True})
+            elif completed_steps > head_warmup and (completed_steps - head_warmup) % args.meta_length == 0:
                 # Meta-test (lines 9-12): validation losses, reward, sampler update.
                 val_losses, seconds = (meta_test_losses(model, splits["validation"], eval_collators, args,
                                                         completed_steps, accelerator, pad) if run_meta_test else (None, None))

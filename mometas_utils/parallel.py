@@ -58,13 +58,19 @@ def loss_scaled(accelerator) -> bool:
     return distributed_type(accelerator) == "DEEPSPEED" and getattr(accelerator, "mixed_precision", None) == "fp16"
 
 
-def check_parallel_support(accelerator, *, sampler: str, skip_nonfinite_steps: int, max_grad_norm: float) -> None:
+def check_parallel_support(accelerator, *, sampler: str, skip_nonfinite_steps: int, max_grad_norm: float,
+                           head_warmup_steps: int = 0) -> None:
     """Refuse, before any training, what the loop cannot do under this launch; never degrade in silence.
 
     Under DeepSpeed a ``gradient_clipping`` of "auto" (Accelerate's default config) is set to
     ``max_grad_norm``, so the flag means what it says; a number that differs is refused.
     """
     kind = distributed_type(accelerator)
+    if head_warmup_steps and kind in ("DEEPSPEED", "FSDP"):
+        raise MometasInputError(
+            f"--head_warmup_steps {head_warmup_steps}: the warm-up freezes the encoder by switching its gradients "
+            f"off and on, which {kind} fixes when it wraps the model; warm the heads up in a DDP or one-process run "
+            "first, or drop the flag")
     if kind == "DEEPSPEED":
         if sampler == "gradient":
             raise MometasInputError(
