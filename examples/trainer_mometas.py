@@ -36,6 +36,7 @@ from mometas_utils import (
 )
 from mometas_utils.card import build_model_card, save_model_card
 from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS
+from mometas_utils.head_warmup import lacking_heads
 from mometas_utils.preprocess import SequenceBuilder, sequence_block
 
 
@@ -52,7 +53,7 @@ class MometasArguments:
     max_seq_length: int = field(default=PRETRAINING_HPARAMS["max_seq_length"], metadata={"help": "Tokens per sequence."})
     line_by_line: bool = field(default=False, metadata={"help": "One document per sequence instead of packing."})
     objectives: str = field(default="mlm,cse,atd,dtd,emlm", metadata={"help": f"Comma-separated, from {sorted(OBJECTIVES)}."})
-    sampler: str = field(default="mometas", metadata={"help": "uniform, gradient, loss, mometas, fixed."})
+    sampler: str = field(default="mometas", metadata={"help": "uniform, gradient, loss, mometas, fixed, exp3."})
     sampler_weights: str | None = field(default=None, metadata={"help": "For --sampler fixed: 'mlm=2,cse=1' or '2,1'."})
     meta_length: int = field(default=SAMPLER_DEFAULTS["meta_length"], metadata={"help": "K: steps between meta-tests."})
     meta_step_size: float = field(default=SAMPLER_DEFAULTS["meta_step_size"], metadata={"help": "β of the REINFORCE step."})
@@ -64,6 +65,9 @@ class MometasArguments:
     baseline_meta_test: bool = field(default=False, metadata={"help": "Meta-test also for samplers that do not need it."})
     noise_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked, inserted or deleted."})
     entity_tagger: str = field(default="stanza", metadata={"help": "EMLM's entities: stanza (the paper's) or spacy."})
+    head_warmup_steps: int = field(default=0, metadata={"help": "First train the heads the checkpoint lacks for N steps "
+                                                         "on a frozen encoder; counted in --max_steps."})
+    head_warmup_learning_rate: float = field(default=1e-3, metadata={"help": "The heads' rate during the warm-up."})
 
 
 class ArgumentParser(HfArgumentParser):
@@ -105,14 +109,17 @@ def check_args(args, training_args):
 
 
 def load_model(args, objectives):
-    """The shared encoder under a head per objective (a registered objective brings its head type)."""
+    """The shared encoder under a head per objective (a registered objective brings its head type), and
+    the objectives whose heads the checkpoint lacked."""
     flag, name = ("config_name", args.config_name) if args.config_name else ("model_name_or_path", args.model_name_or_path)
+    heads = objective_heads(objectives)
     try:
         if args.config_name:
             base = AutoConfig.from_pretrained(name).to_dict()
             base.pop("objectives", None)
-            return MometasForPreTraining(MometasConfig(**{**base, "objectives": objective_heads(objectives)}))
-        return MometasForPreTraining.from_pretrained(name, objectives=objective_heads(objectives))
+            return MometasForPreTraining(MometasConfig(**{**base, "objectives": heads})), list(objectives)
+        model, info = MometasForPreTraining.from_pretrained(name, objectives=heads, output_loading_info=True)
+        return model, lacking_heads(heads, info["missing_keys"])
     except (OSError, ValueError) as e:
         raise MometasInputError(f"{flag}: {name} holds no usable BERT ({str(e).strip().splitlines()[0][:200]})") from None
 
@@ -149,7 +156,9 @@ def train(args, training_args):
     except (OSError, ValueError) as e:
         raise MometasInputError(f"{flag}: no usable tokenizer ({str(e).strip().splitlines()[0][:200]})") from None
     set_seed(training_args.seed)  # the new heads' initialisation
-    model = load_model(args, objectives)
+    model, lacking = load_model(args, objectives)
+    if args.head_warmup_steps and args.config_name:
+        raise MometasInputError("head_warmup_steps: a model new from --config_name has no encoder worth freezing")
     with training_args.main_process_first(desc="tokenising and packing the corpus"):
         train_sequences, validation_sequences = sequences(args, tokenizer, objectives, training_args.seed)
 
@@ -159,7 +168,8 @@ def train(args, training_args):
         model=model, args=training_args, train_dataset=train_sequences, eval_dataset=validation_sequences,
         processing_class=tokenizer, sampler=sampler, collators=collators,
         meta_eval_batches=args.meta_eval_batches, meta_eval_fixed=args.meta_eval_fixed,
-        baseline_meta_test=args.baseline_meta_test,
+        baseline_meta_test=args.baseline_meta_test, head_warmup_steps=args.head_warmup_steps,
+        head_warmup_objectives=lacking, head_warmup_learning_rate=args.head_warmup_learning_rate,
     )
     resume = True if training_args.resume_from_checkpoint == "latest" else training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=resume)

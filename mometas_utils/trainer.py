@@ -26,10 +26,12 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallba
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .errors import MometasInputError
+from .head_warmup import check_head_warmup, phased_scheduler, set_encoder_trainable, split_param_groups
 from .history import HISTORY_FILENAME, HistoryWriter, drop_superseded, read_history, rewind_history
 from .meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
 from .objectives import PadCollator
 from .plots import plot_history
+from .samplers import build_sampler
 from .tracker import StepTracker
 
 #: The update's reward statistics a history row carries when the sampler returns them (as the script's rows).
@@ -94,6 +96,10 @@ class MometasTrainer(Trainer):
         meta_eval_fixed: measure every meta-test on the same batches (b_i and a_i on the same text).
         baseline_meta_test: meta-test every K steps even for samplers that do not need it (uniform,
             fixed, gradient, loss), to record their validation losses and rewards.
+        head_warmup_steps, head_warmup_objectives, head_warmup_learning_rate: the first N optimizer steps
+            train only the heads (the encoder frozen, its rate 0) on objectives drawn uniformly from
+            ``head_warmup_objectives`` (the ones whose heads the checkpoint lacks), at their own rate; the
+            Trainer's schedule and the sampler start at step N (:mod:`~mometas_utils.head_warmup`).
 
     ``eval_dataset`` is the meta-test set; :meth:`evaluate` reports a meta-test there.
     ``data_collator`` defaults to a :class:`PadCollator` for ``processing_class``.
@@ -103,7 +109,8 @@ class MometasTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, sampler, collators: Mapping, meta_eval_batches: int = 1, meta_eval_fixed: bool = True,
-                 baseline_meta_test: bool = False, **kwargs):
+                 baseline_meta_test: bool = False, head_warmup_steps: int = 0, head_warmup_objectives=None,
+                 head_warmup_learning_rate: float = 1e-3, **kwargs):
         if sorted(collators) != sorted(sampler.objectives):
             raise MometasInputError(f"collators: expected one per objective of the sampler {sampler.objectives}, "
                                     f"got {list(collators)}")
@@ -139,6 +146,22 @@ class MometasTrainer(Trainer):
             raise MometasInputError(f"eval_dataset: the {sampler.name} sampler meta-tests every objective on held-out "
                                     "sequences every meta length; pass eval_dataset")
         self.tracker = StepTracker(sampler.objectives)
+        if not isinstance(head_warmup_steps, int) or head_warmup_steps < 0:
+            raise MometasInputError(f"head_warmup_steps: expected an integer >= 0, got {head_warmup_steps!r}")
+        self.head_warmup_steps = head_warmup_steps
+        self.warmup_sampler = None
+        if head_warmup_steps:
+            warm = list(head_warmup_objectives or [])
+            check_head_warmup(head_warmup_steps, self.args.max_steps if self.args.max_steps > 0 else None, warm)
+            unknown = [n for n in warm if n not in sampler.objectives]
+            if unknown:
+                raise MometasInputError(f"head_warmup_objectives: {unknown} are not objectives of the sampler "
+                                        f"{sampler.objectives}")
+            if not head_warmup_learning_rate > 0:
+                raise MometasInputError(f"head_warmup_learning_rate: expected a number > 0, got {head_warmup_learning_rate!r}")
+            self.head_warmup_learning_rate = float(head_warmup_learning_rate)
+            # Its own generator: the sampler's draws start where its learning does.
+            self.warmup_sampler = build_sampler("uniform", warm, seed=self.args.seed + 1)
         self.history: HistoryWriter | None = None
         self._resume_path = None
         self._reset_step()
@@ -165,11 +188,47 @@ class MometasTrainer(Trainer):
 
     # ------------------------------------------------------------------ meta-train
 
+    def warming_up(self) -> bool:
+        return self.state.global_step < self.head_warmup_steps
+
     def draw_objective(self) -> str:
         """T_t of the coming optimizer step: the one place where objectives are drawn.
 
-        Called once per optimizer step on every process, so the sampler's generator stays in step."""
+        Called once per optimizer step on every process, so the sampler's generator stays in step.
+        During a head warm-up the draws are uniform over the heads being warmed up."""
+        if self.warming_up():
+            objective = self.warmup_sampler.sample()
+            self.warmup_sampler.rollout.clear()  # nothing learns from the warm-up's draws
+            return objective
         return self.sampler.sample()
+
+    # ------------------------------------------------------------------ the head warm-up's rates
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if self.head_warmup_steps and not any("head" in g for g in self.optimizer.param_groups):
+            # Each group split into encoder and heads before any step, so the two phases can give them
+            # different rates; nothing else about the Trainer's optimizer changes.
+            groups = split_param_groups(self.model, self.optimizer.param_groups)
+            self.optimizer.param_groups.clear()
+            for group in groups:
+                self.optimizer.add_param_group(group)
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if not self.head_warmup_steps:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            from transformers import get_scheduler
+
+            main_steps = num_training_steps - self.head_warmup_steps
+            probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            schedule = get_scheduler(self.args.lr_scheduler_type, probe, num_warmup_steps=self.args.get_warmup_steps(main_steps),
+                                     num_training_steps=main_steps, scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+            self.lr_scheduler = phased_scheduler(optimizer or self.optimizer, schedule.lr_lambdas[0], self.head_warmup_steps,
+                                                 self.head_warmup_learning_rate / self.args.learning_rate)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def _reset_step(self):
         self._drawn_at, self._objective = None, None
@@ -188,7 +247,8 @@ class MometasTrainer(Trainer):
         loss = super().training_step(model, {"objective": objective, **batch}, num_items_in_batch)
         self._step_loss = self._step_loss + loss  # each is divided by the step's micro-batches: a mean
         self._micro_batches += 1
-        if self._micro_batches == self.current_gradient_accumulation_steps and self.sampler.requires_grad_norm:
+        if (self._micro_batches == self.current_gradient_accumulation_steps and self.sampler.requires_grad_norm
+                and not self.warming_up()):
             # After the step's last backward (gradients synchronised), before the Trainer clips them.
             self._grad_norm = unscaled_encoder_grad_norm(self.accelerator, model)
         return loss
@@ -251,7 +311,11 @@ class MometasTrainer(Trainer):
                 # Rows after the checkpoint are set aside until this run saves a checkpoint of its own.
                 rewind_history(self.args.output_dir, self.state.global_step)
             self.history = HistoryWriter(self.args.output_dir)
-        if self.run_meta_test and self.state.global_step == 0:
+        if self.warming_up():
+            # After the optimizer was built (it takes only parameters that require gradients).
+            set_encoder_trainable(self.accelerator.unwrap_model(self.model_wrapped), False)
+        # With a warm-up, the first meta-test waits for trained heads: random heads' losses are no baselines.
+        if self.run_meta_test and self.state.global_step == 0 and not self.head_warmup_steps:
             val_losses, seconds = self._meta_test()
             self._write_row(self.sampler.update(val_losses), val_losses, seconds)  # the baselines b_i
 
@@ -261,23 +325,30 @@ class MometasTrainer(Trainer):
         loss = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.args.device)
         mean_loss = (self.accelerator.reduce(loss, reduction="mean") if self.accelerator.num_processes > 1 else loss).item()
         finite = math.isfinite(mean_loss)
-        if finite:
+        step = self.state.global_step
+        warmed_up = self.head_warmup_steps and step == self.head_warmup_steps
+        if finite and step > self.head_warmup_steps:
             self.sampler.observe(objective, mean_loss, self._grad_norm)
         self.tracker.record(objective, mean_loss if finite else None, self._step_tokens)
         self._step_loss, self._step_tokens, self._micro_batches, self._grad_norm = 0.0, 0, 0, None
-        step = self.state.global_step
-        if step % self.sampler.meta_length == 0:
+        if warmed_up:
+            # Everything trains from now on; the sampler's first meta-test gives its baselines b_i.
+            set_encoder_trainable(self.accelerator.unwrap_model(self.model_wrapped), True)
+            val_losses, seconds = self._meta_test() if self.run_meta_test else (None, None)
+            self._write_row(self.sampler.update(val_losses), val_losses, seconds, extra={"head_warmup_end": True})
+        elif step > self.head_warmup_steps and (step - self.head_warmup_steps) % self.sampler.meta_length == 0:
             val_losses, seconds = self._meta_test() if self.run_meta_test else (None, None)
             self._write_row(self.sampler.update(val_losses), val_losses, seconds)
         elif step == self.state.max_steps:
             self._write_row(None, None, None)  # the last steps fill no window: no sampler update
 
-    def _write_row(self, update, val_losses, seconds) -> dict:
+    def _write_row(self, update, val_losses, seconds, extra=None) -> dict:
         """A collective (the window's draws and tokens are gathered); the main process writes."""
         window = self.tracker.close_window(self.accelerator)
         row = history_row(self.sampler, window, step=self.state.global_step, update=update, val_losses=val_losses,
                           seconds=seconds, elapsed=time.perf_counter() - self._started,
                           learning_rate=self._learning_rate(), num_processes=self.accelerator.num_processes)
+        row.update(extra or {})
         if self.history is not None:
             self.history.write(row)
         self.log(tracker_logs(row))
@@ -304,6 +375,8 @@ class MometasTrainer(Trainer):
         os.makedirs(folder, exist_ok=True)
         state = {"sampler": self.sampler.state_dict(), "tracker": self.tracker.state_dict(),
                  "collators": {name: c.state_dict() for name, c in self.collators.items()}}
+        if self.warmup_sampler is not None:
+            state["warmup_sampler"] = self.warmup_sampler.state_dict()
         torch.save(state, _state_file(folder, self.args.process_index))
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
@@ -318,6 +391,11 @@ class MometasTrainer(Trainer):
                                     f"{list(state['collators'])}, not {list(self.collators)}")
         for name, collator in self.collators.items():
             collator.load_state_dict(state["collators"][name])
+        if self.warmup_sampler is not None:
+            if "warmup_sampler" not in state:
+                raise MometasInputError(f"resume_from_checkpoint: {folder} was saved without a head warm-up; resume "
+                                        "with the same head_warmup_steps")
+            self.warmup_sampler.load_state_dict(state["warmup_sampler"])
 
 
 def _state_file(folder, process_index: int) -> str:

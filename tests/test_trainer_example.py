@@ -200,7 +200,7 @@ def test_two_gloo_processes_resume_exactly(two_process_run, tiny_bert, small_cor
 @pytest.mark.parametrize("flags, fragment", [
     (["--meta_length", "0"], "error: --meta_length: expected a positive integer, got 0"),
     (["--objectives", "mlm,nope"], "error: --objectives: unknown objective(s) ['nope']"),
-    (["--sampler", "nope"], "error: --sampler: expected one of fixed, gradient, loss, mometas, uniform, got 'nope'"),
+    (["--sampler", "nope"], "error: --sampler: expected one of exp3, fixed, gradient, loss, mometas, uniform, got 'nope'"),
     (["--sampler", "fixed"], "error: --sampler_weights: the fixed sampler needs a weight per objective"),
     (["--validation_split_percentage", "0"], "error: --validation_split_percentage: expected a number in (0, 100)"),
     (["--train_file", "missing.txt"], "error: --train_file missing.txt does not exist"),
@@ -223,3 +223,40 @@ def test_bad_input_is_one_line_naming_the_flag(flags, fragment, tiny_bert, small
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
     assert errors[0].startswith(fragment), errors[0]
+
+
+@pytest.fixture(scope="module")
+def warm_run(tiny_bert, small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trainer_warm") / "full"
+    run_example(example_args(tiny_bert, small_corpus, out, "--head_warmup_steps", "6"))
+    return out
+
+
+def test_the_example_warms_the_missing_heads_up_on_a_frozen_encoder(warm_run, tiny_bert):
+    initial = load_file(str(next(Path(tiny_bert).glob("*.safetensors"))))
+    at8 = load_file(str(warm_run / "checkpoint-8" / "model.safetensors"))
+    at4 = load_file(str(warm_run / "checkpoint-4" / "model.safetensors"))
+    # Up to step 6 only the heads moved; the encoder is the checkpoint's at step 4 and trains after step 6.
+    for name, tensor in at4.items():
+        if name.startswith("bert."):
+            base = name.removeprefix("bert.")
+            assert torch.equal(tensor, initial[base] if base in initial else initial[name]), name
+    assert any(not torch.equal(at4[k], at8[k]) for k in at4 if k.startswith("bert."))
+    rows = read_rows(warm_run)
+    assert [row["step"] for row in rows] == [6, 10, 14]
+    assert rows[0]["head_warmup_end"] is True and rows[0]["reward"] is None and rows[0]["val_loss"] is not None
+    assert len(rows[0]["rollout"]) == 6 and rows[1]["reward"] is not None
+    assert rows[1]["probabilities"] != rows[0]["probabilities"]
+
+
+@pytest.mark.parametrize("step", [4, 8])
+def test_the_example_resumes_exactly_across_the_warm_up(warm_run, tiny_bert, small_corpus, tmp_path, step):
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(warm_run / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    shutil.copy(warm_run / "sampler_history.jsonl", out / "sampler_history.jsonl")
+    run_example(example_args(tiny_bert, small_corpus, out, "--head_warmup_steps", "6", "--resume_from_checkpoint",
+                             "latest"))
+    assert comparable(read_rows(out)) == comparable(read_rows(warm_run))
+    expected, got = load_file(warm_run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
