@@ -177,12 +177,18 @@ def markdown(groups) -> str:
     return "\n".join(lines).strip()
 
 
-def plot_weights(results, path, testbed="small", k=None, fraction=1.0):
+def _default_testbed(testbeds):
+    testbeds = sorted(set(testbeds))
+    return "small" if "small" in testbeds else (testbeds[0] if testbeds else None)
+
+
+def plot_weights(results, path, testbed=None, k=None, fraction=1.0):
     """The planted weight over time for every sampler of one (testbed, K, f), mean ± std over seeds;
     K is the largest one run (the paper's 100 in the benchmark)."""
     import numpy as np
     from matplotlib.figure import Figure
 
+    testbed = testbed or _default_testbed(r["testbed"] for r in results)
     chosen = [r for r in results if (r["testbed"], r["fraction"]) == (testbed, fraction) and PLANTED in r["objectives"]]
     k = k or max((r["meta_length"] for r in chosen), default=None)
     chosen = [r for r in chosen if r["meta_length"] == k]
@@ -207,11 +213,12 @@ def plot_weights(results, path, testbed="small", k=None, fraction=1.0):
     return path
 
 
-def plot_power(groups, path, testbed="small", k=None):
+def plot_power(groups, path, testbed=None, k=None):
     """The power curve: second-half weight of the planted objective against its corruption fraction f
     (at the largest K run with more than one f)."""
     from matplotlib.figure import Figure
 
+    testbed = testbed or _default_testbed(g["testbed"] for g in groups.values())
     fractions = {}
     for g in groups.values():
         if g["testbed"] == testbed and g["second_half_weight"] is not None:

@@ -51,36 +51,36 @@ def test_reward_noise_diagnostic(tiny_bert, small_corpus, tmp_path):
 
 
 def test_planted_benchmark_harness(tiny_bert, small_corpus, tmp_path):
-    """The benchmark at toy size: the small testbed from scratch, two fractions, uniform and the oracle."""
+    """The benchmark at toy size: the testbed from scratch, two fractions, a MOMETAS arm and the oracle."""
     results = tmp_path / "benchmark"
-    args = ["--testbed", "small", "--model_name_or_path", tiny_bert, "--train_file", small_corpus, "--meta_lengths", 5,
+    args = ["--testbed", "scratch", "--model_name_or_path", tiny_bert, "--train_file", small_corpus, "--meta_lengths", 5,
             "--seeds", 1, "--max_train_steps", 10, "--max_seq_length", 32, "--per_device_train_batch_size", 4,
             "--per_device_eval_batch_size", 8, "--warm_batch_size", 4, "--final_eval_batches", 1, "--warm_steps", 3,
             "--layers", 1, "--hidden_size", 32, "--heads", 2, "--results", results]
     table = run("planted.py", *args, "--arms", "robust_mlm,oracle", "--fractions", "1,0")
     names = sorted(p.name for p in results.glob("*.json"))
-    assert names == ["small_K5_f0_oracle_seed1.json", "small_K5_f0_robust_mlm_seed1.json",
-                     "small_K5_f1_oracle_seed1.json", "small_K5_f1_robust_mlm_seed1.json"]
-    run_file = json.loads((results / "small_K5_f1_robust_mlm_seed1.json").read_text())
+    assert names == ["scratch_K5_f0_oracle_seed1.json", "scratch_K5_f0_robust_mlm_seed1.json",
+                     "scratch_K5_f1_oracle_seed1.json", "scratch_K5_f1_robust_mlm_seed1.json"]
+    run_file = json.loads((results / "scratch_K5_f1_robust_mlm_seed1.json").read_text())
     assert run_file["settings"]["hidden_size"] == 32 and run_file["meta_length"] == 5 and run_file["fraction"] == 1
     assert [row["step"] for row in run_file["rows"]] == [0, 5, 10]
     assert all(set(row["reward_terms"]) == {"mlm"} for row in run_file["rows"] if row["reward_terms"])
     assert run_file["rows"][-1]["probabilities"]["shuffled_mlm"] != 0.2  # the sampler did update
     assert set(run_file["final_val_loss"]) == {"mlm", "cse", "atd", "dtd", "shuffled_mlm"}
     assert run_file["cpu_seconds"] > 0
-    oracle = json.loads((results / "small_K5_f1_oracle_seed1.json").read_text())
+    oracle = json.loads((results / "scratch_K5_f1_oracle_seed1.json").read_text())
     assert set(oracle["final_val_loss"]) == {"mlm", "cse", "atd", "dtd"}
     assert oracle["rows"][-1]["val_loss"] is not None  # samplers that need no meta-test are meta-tested too
     # Committed results never name a path of the machine they ran on.
     assert str(ROOT) not in json.dumps(run_file) and "/tmp" not in json.dumps(run_file["settings"])
     summary = json.loads((tmp_path / "benchmark.json").read_text())["groups"]
-    regret = summary["small/K5/f1/robust_mlm"]["regret"]["mean"]
+    regret = summary["scratch/K5/f1/robust_mlm"]["regret"]["mean"]
     assert regret == pytest.approx(run_file["final_val_loss"]["mlm"] - oracle["final_val_loss"]["mlm"])
     assert (tmp_path / "benchmark_weights.png").is_file() and (tmp_path / "benchmark_power.png").is_file()
-    assert "**small, K = 5 (2 updates), f = 1**" in table and "| robust_mlm |" in table
+    assert "**scratch, K = 5 (2 updates), f = 1**" in table and "| robust_mlm |" in table
     # Cached: a second call runs nothing.
     again = run("planted.py", *args, "--arms", "oracle", "--fractions", "1")
-    assert "1 already done" in again and "small_K5_f1_oracle_seed1 ..." not in again
+    assert "1 already done" in again and "scratch_K5_f1_oracle_seed1 ..." not in again
 
 
 def test_planted_measures_by_hand():
