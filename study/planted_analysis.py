@@ -159,7 +159,7 @@ def markdown(groups) -> str:
     """One table per (testbed, K, f), the arms as rows."""
     lines = []
     tables = sorted({(g["testbed"], g["meta_length"], g["fraction"]) for g in groups.values()},
-                    key=lambda t: (t[0] != "small", -t[1], -t[2]))
+                    key=lambda t: (t[0] != "minilm2k", t[0], -t[1], -t[2]))
     for testbed, k, f in tables:
         rows = [g for g in groups.values() if (g["testbed"], g["meta_length"], g["fraction"]) == (testbed, k, f)]
         updates = rows[0]["updates"]
@@ -179,7 +179,7 @@ def markdown(groups) -> str:
 
 def _default_testbed(testbeds):
     testbeds = sorted(set(testbeds))
-    return "small" if "small" in testbeds else (testbeds[0] if testbeds else None)
+    return "minilm2k" if "minilm2k" in testbeds else (testbeds[0] if testbeds else None)
 
 
 def plot_weights(results, path, testbed=None, k=None, fraction=1.0):
