@@ -185,6 +185,10 @@ def train(args, training_args):
         save_model_card(card, training_args.output_dir)
         print(summarize_distribution(rows, total_steps=trainer.state.global_step))
         print(f"Model, tokenizer, history, plots and model card saved in {training_args.output_dir}")
+    # A gloo group left for interpreter exit can abort the process ("terminate called without an active
+    # exception") after a clean run; every process leaves it together once process 0 has written the card.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.state.destroy_process_group()
     return trainer
 
 
