@@ -1,6 +1,7 @@
 """Fixtures shared by the whole suite: the offline MiniLM tokenizer and a tiny random BERT."""
 
 import errno
+import importlib.util
 import logging
 import os
 import socket
@@ -73,6 +74,30 @@ def accelerate_launch(num_processes: int = 2, mixed_precision: str = "no", *extr
         command[3:3] = ["--multi_gpu"]
         command += ["--main_process_port", str(free_port())]
     return [*command, *extra]
+
+
+def load_module(path: Path):
+    """A script (``run_*.py``, ``examples/*.py``) imported from its file, to call its ``main`` in-process."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Tiny models on a shared 2-core machine: a second thread makes each step far slower under load.
+    Module scope, because an uninterrupted run (a module fixture) and its resumptions must use the
+    same number of threads, or their sums differ in the last bit.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

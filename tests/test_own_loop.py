@@ -1,14 +1,16 @@
 """A loop of your own: examples/own_loop.py runs, docs/library.md quotes it, mometas_utils exports its helpers."""
 
-import importlib.util
 import inspect
 from pathlib import Path
 
 import pytest
-import torch
+
+from conftest import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "own_loop.py"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_meta_test_names_are_exported_as_functions():
@@ -19,20 +21,8 @@ def test_the_meta_test_names_are_exported_as_functions():
     assert inspect.isfunction(reward_terms) and inspect.isfunction(encoder_grad_norm) and inspect.isclass(Advantage)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A tiny model on a shared 2-core machine: a second intra-op thread makes each step far slower under load.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_the_own_loop_runs_and_the_sampler_learns(tiny_bert, english_corpus, capsys):
-    spec = importlib.util.spec_from_file_location("own_loop", EXAMPLE)
-    own_loop = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(own_loop)
-    sampler = own_loop.main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, "--max_steps", "16",
+    sampler = load_module(EXAMPLE).main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, "--max_steps", "16",
                              "--meta_length", "8", "--max_seq_length", "64", "--batch_size", "4",
                              "--eval_batch_size", "8", "--learning_rate", "1e-3"])
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]

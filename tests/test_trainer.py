@@ -4,7 +4,6 @@ Each test builds a tiny MometasForPreTraining on hand-made sequences and trains 
 this process; tests/test_trainer_example.py runs the example end to end.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,23 +17,11 @@ from mometas_utils import build_objectives, build_sampler
 from mometas_utils.tracker import StepTracker
 from mometas_utils.trainer import history_row
 
+from conftest import load_module
+
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: a second intra-op thread makes each step ~50x slower under load.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def load_module(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(tokenizer, objectives, dropout=0.1):

@@ -5,12 +5,10 @@ The runs train the session's tiny random BERT on 12 paragraphs of the demo corpu
 ``accelerate launch`` on a free port.
 """
 
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,31 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import free_port, load_module
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "trainer_mometas.py"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Module scope: the uninterrupted run (a module fixture) and its resumptions must use the same number of
-    # threads, or their sums differ in the last bit; one thread also keeps a loaded 2-core machine fast.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def load_module(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def example_env():
