@@ -10,9 +10,12 @@ For each group of runs (testbed, meta length K, corruption fraction f, arm), ove
   seed) and the regret: minus the oracle's (same testbed, paired by seed). The oracle trains
   uniformly on the objectives without the planted one; its training does not depend on K;
 * how visible the harm was: per meta-test window, the correlation of the planted objective's
-  draws with the change of MLM's validation loss (harm > 0) and with the reward R.
+  draws with the change of MLM's validation loss (harm > 0) and with the reward R;
+* what the sampler had to learn from, per half of training: the mean |advantage| and the share of
+  updates whose reward was exactly 0 (every term inside ``--reward_dead_zone``), and the planted
+  weight's lowest point against its last (a weight that drifts back up once the signal fades).
 
-The bar (issue 14): on the small testbed at K = 100, f = 1, a MOMETAS arm with a robust reward
+The bar (issue 14): at K = 100, f = 1, a MOMETAS arm with a robust reward
 keeps the planted weight below 0.10 in at least 4 of 5 seeds with an MLM loss no worse than
 uniform's, and at f = 0 the same arm keeps the useful duplicate at or above 0.15 in at least 4
 of 5 seeds.
@@ -73,6 +76,23 @@ def window_correlations(rows):
     return {"draws_vs_mlm_loss_change": _corr(draws, harm), "draws_vs_reward": _corr(draws, reward)}
 
 
+def signal_by_half(rows, steps):
+    """Mean |advantage| and the share of zero rewards among the updates of each half of training."""
+    out = {}
+    for half, (a, b) in {"first": (0, steps / 2), "second": (steps / 2, steps + 1)}.items():
+        updates = [r for r in rows if r.get("reward") is not None and a < r["step"] <= b]
+        advantages = [abs(r["advantage"]) for r in updates if r.get("advantage") is not None]
+        out[half] = {"mean_abs_advantage": statistics.fmean(advantages) if advantages else None,
+                     "zero_reward_share": (sum(r["reward"] == 0.0 for r in updates) / len(updates)) if updates else None}
+    return out
+
+
+def low_and_last(rows, name=PLANTED):
+    """The lowest weight of ``name`` over the run and its weight at the last row."""
+    weights = [r["probabilities"][name] for r in rows if r.get("probabilities")]
+    return {"lowest": min(weights), "last": weights[-1]} if weights else None
+
+
 def mean_std(xs):
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -106,6 +126,7 @@ def analyse(results):
         regret = [r["final_val_loss"]["mlm"] - oracle[(r["testbed"], r["seed"])]
                   for r in runs if (r["testbed"], r["seed"]) in oracle]
         correlations = [window_correlations(r["rows"]) for r in runs]
+        signal = [signal_by_half(r["rows"], steps) for r in runs]
         groups[key] = {
             "testbed": first["testbed"], "meta_length": first["meta_length"], "fraction": first["fraction"],
             "arm": first["arm"], "seeds": [r["seed"] for r in runs], "updates": steps // first["meta_length"],
@@ -122,6 +143,10 @@ def analyse(results):
             "harm_correlation_per_seed": [c["draws_vs_mlm_loss_change"] for c in correlations],
             "window_correlations": {k: mean_std([c[k] for c in correlations])
                                     for k in ("draws_vs_mlm_loss_change", "draws_vs_reward")},
+            "signal_by_half": {half: {k: mean_std([s[half][k] for s in signal])
+                                      for k in ("mean_abs_advantage", "zero_reward_share")}
+                               for half in ("first", "second")},
+            "planted_lowest_and_last_per_seed": [low_and_last(r["rows"]) if planted else None for r in runs],
         }
     for key, g in groups.items():
         g["bar"] = _bar(g, groups)

@@ -117,6 +117,21 @@ def test_planted_measures_by_hand():
     assert groups["small/K10/f1/uniform"]["seeds_below_0.10"] == 0 and groups["small/K10/f1/uniform"]["bar"] is None
 
 
+def test_planted_signal_by_half_and_late_drift_by_hand():
+    sys.path.insert(0, str(STUDY))
+    from planted_analysis import low_and_last, signal_by_half
+
+    # Updates at steps 10..40 of a 40-step run; the first half is (0, 20], the second (20, 40].
+    rows = [{"step": 0, "probabilities": {"shuffled_mlm": 0.2}, "reward": None}]
+    for step, reward, advantage, weight in ((10, 0.02, 1.0, 0.12), (20, -0.01, -0.5, 0.06),
+                                            (30, 0.0, 0.2, 0.08), (40, 0.004, -0.1, 0.11)):
+        rows.append({"step": step, "probabilities": {"shuffled_mlm": weight}, "reward": reward, "advantage": advantage})
+    halves = signal_by_half(rows, 40)
+    assert halves["first"] == {"mean_abs_advantage": pytest.approx(0.75), "zero_reward_share": 0.0}
+    assert halves["second"] == {"mean_abs_advantage": pytest.approx(0.15), "zero_reward_share": 0.5}
+    assert low_and_last(rows) == {"lowest": 0.06, "last": 0.11}
+
+
 def test_study_harness_caches_and_reports(tiny_bert, small_corpus, tmp_path, shared_data):
     args = ["--model_name_or_path", tiny_bert, "--train_file", small_corpus, "--samplers", "uniform", "--seeds", 1,
             "--tasks", "sst2", "--train_documents", 70, "--validation_documents", 10, "--name", f"test_{os.getpid()}",
