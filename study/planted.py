@@ -389,7 +389,9 @@ def main(argv=None):
     report = analyse(results)
     folder = Path(args.results)
     write_json(folder.with_suffix(".json"), {"runs": len(results), "groups": report})
-    plot_weights(results, folder.with_name(f"{folder.name}_weights.png"))
+    plot_weights(results, folder.with_name(f"{folder.name}_weights.png"))  # the largest K: the paper's 100
+    for testbed, k in sorted({(r["testbed"], r["meta_length"]) for r in results} - {("minilm2k", 100)}):
+        plot_weights(results, folder.with_name(f"{folder.name}_weights_{testbed}_K{k}.png"), testbed=testbed, k=k)
     plot_power(report, folder.with_name(f"{folder.name}_power.png"))
     print(markdown(report))
 
