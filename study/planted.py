@@ -383,14 +383,17 @@ def main(argv=None):
         log(f"planted: {len(jobs)} runs, {done} already done, {args.jobs} at a time")
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: run_one(args, job), jobs))
-    results = [r for job in jobs if (r := read_json(Path(args.results) / f"{run_name(*job)}.json"))]
+    # Every run in the folder, not only this call's: the arms and testbeds run outside the grid (the
+    # calibrations, the arms the evidence pointed to) belong in the same summary.
+    results = [r for path in sorted(Path(args.results).glob("*.json")) if (r := read_json(path))]
     if not results:
         sys.exit("error: no finished runs to report")
     report = analyse(results)
     folder = Path(args.results)
     write_json(folder.with_suffix(".json"), {"runs": len(results), "groups": report})
     plot_weights(results, folder.with_name(f"{folder.name}_weights.png"))  # the largest K: the paper's 100
-    for testbed, k in sorted({(r["testbed"], r["meta_length"]) for r in results} - {("minilm2k", 100)}):
+    learned = {(r["testbed"], r["meta_length"]) for r in results if r["arm"] not in ("uniform", "oracle")}
+    for testbed, k in sorted(learned - {("minilm2k", 100)}):  # a figure of flat lines says nothing
         plot_weights(results, folder.with_name(f"{folder.name}_weights_{testbed}_K{k}.png"), testbed=testbed, k=k)
     plot_power(report, folder.with_name(f"{folder.name}_power.png"))
     print(markdown(report))

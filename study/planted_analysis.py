@@ -191,7 +191,8 @@ def markdown(groups) -> str:
         lines += ["", f"**{testbed}, K = {k} ({updates} updates), f = {f:g}**", "",
                   "| arm | 2nd-half p(planted) | seeds < 0.10 | time to drop | final MLM val loss | Δ vs uniform "
                   "(paired) | regret vs oracle | harm corr. | bar |", "|---|---|---|---|---|---|---|---|---|"]
-        order = ["uniform", "gradient", "loss", "exp3", "paper", "robust_all", "robust_mlm", "oracle"]
+        order = ["uniform", "gradient", "loss", "exp3", "paper", "robust_all", "robust_mlm", "robust_mlm_lambda1",
+                 "oracle"]
         for g in sorted(rows, key=lambda g: order.index(g["arm"]) if g["arm"] in order else 99):
             below = "–" if g["seeds_below_0.10"] is None else f"{g['seeds_below_0.10']}/{len(g['seeds'])}"
             bar = "–" if g["bar"] is None else ("holds" if g["bar"]["holds"] else "fails")
