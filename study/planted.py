@@ -86,7 +86,8 @@ TESTBEDS = {
                  head_warmup_steps=200, max_train_steps=5000, learning_rate=1e-4, per_device_train_batch_size=8,
                  max_seq_length=32, per_device_eval_batch_size=32, final_eval_batches=8, meta_lengths="100",
                  warmup_ratio=0.06),
-    # A 2-layer BERT of hidden size 128 trained from scratch (tried first), kept to reproduce why it was set aside: after 8,000 warm steps its MLM sat 0.7 nats below unigram statistics, uniform training did not
+    # A 2-layer BERT of hidden size 128 trained from scratch (tried first), kept to reproduce why it was set
+    # aside: after 8,000 warm steps its MLM sat 0.7 nats below unigram statistics, uniform training did not
     # lower it, and the planted draws did not move it window by window. Constant warm rate, lower arm rate.
     "scratch": dict(layers=2, hidden_size=128, heads=2, warm_steps=8000, warm_batch_size=32, warm_learning_rate=2e-3,
                     warm_scheduler="constant_with_warmup", max_train_steps=5000, learning_rate=5e-4,

@@ -15,7 +15,8 @@ For each group of runs (testbed, meta length K, corruption fraction f, arm), ove
   updates whose reward was exactly 0 (every term inside ``--reward_dead_zone``), and the planted
   weight's lowest point against its last (a weight that drifts back up once the signal fades).
 
-The bar (issue 14): at K = 100, f = 1, a MOMETAS arm with a robust reward
+The bar (issue 14; ``_bar`` judges every K that has 5 seeds, so the recipe at K = 25 on MiniLM
+too): at K = 100, f = 1, a MOMETAS arm with a robust reward
 keeps the planted weight below 0.10 in at least 4 of 5 seeds with an MLM loss no worse than
 uniform's, and at f = 0 the same arm keeps the useful duplicate at or above 0.15 in at least 4
 of 5 seeds.
@@ -82,8 +83,9 @@ def signal_by_half(rows, steps):
     for half, (a, b) in {"first": (0, steps / 2), "second": (steps / 2, steps + 1)}.items():
         updates = [r for r in rows if r.get("reward") is not None and a < r["step"] <= b]
         advantages = [abs(r["advantage"]) for r in updates if r.get("advantage") is not None]
+        zeros = sum(r["reward"] == 0.0 for r in updates)
         out[half] = {"mean_abs_advantage": statistics.fmean(advantages) if advantages else None,
-                     "zero_reward_share": (sum(r["reward"] == 0.0 for r in updates) / len(updates)) if updates else None}
+                     "zero_reward_share": zeros / len(updates) if updates else None}
     return out
 
 

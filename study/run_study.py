@@ -357,8 +357,8 @@ def main(argv=None):
     summary = report(args, pretrained, finetuned)
     seconds = sum(r.get("seconds", 0) for r in pretrained + finetuned)
     write_json(RESULTS_DIR / f"{args.name}.json", {
-        "preset": args.preset, "settings": PRESETS[args.preset], "extra_pretrain": args.extra_pretrain, "extra_finetune": args.extra_finetune,
-        "seeds": args.seeds, "tasks": args.tasks,
+        "preset": args.preset, "settings": PRESETS[args.preset], "extra_pretrain": args.extra_pretrain,
+        "extra_finetune": args.extra_finetune, "seeds": args.seeds, "tasks": args.tasks,
         "summary": summary, "run_seconds": seconds, "wall_seconds_this_call": time.time() - started,
         "finetune_scores": {f"{f['model']}/{f['task']}": f["score"] for f in finetuned},
     })

@@ -22,7 +22,8 @@ def test_the_meta_test_names_are_exported_as_functions():
 
 
 def test_the_own_loop_runs_and_the_sampler_learns(tiny_bert, english_corpus, capsys):
-    sampler = load_module(EXAMPLE).main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, "--max_steps", "16",
+    own_loop = load_module(EXAMPLE)
+    sampler = own_loop.main(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, "--max_steps", "16",
                              "--meta_length", "8", "--max_seq_length", "64", "--batch_size", "4",
                              "--eval_batch_size", "8", "--learning_rate", "1e-3"])
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]

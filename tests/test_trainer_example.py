@@ -10,14 +10,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import free_port, load_module
+from conftest import accelerate_launch, load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "trainer_mometas.py"
@@ -127,10 +126,9 @@ def test_the_example_resumes_exactly(full_run, tiny_bert, small_corpus, tmp_path
 
 
 def launch_two_processes(argv):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(free_port())]  # never Accelerate's default 29500: other suites run here
-    with subprocess.Popen([*launcher, str(EXAMPLE), *map(str, argv)], cwd=ROOT, env=example_env(), text=True,
+    # On a free port, never Accelerate's default 29500: other suites run here.
+    command = accelerate_launch(2, "no", str(EXAMPLE), *map(str, argv))
+    with subprocess.Popen(command, cwd=ROOT, env=example_env(), text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as process:
         try:
             _, stderr = process.communicate(timeout=300)
