@@ -187,6 +187,10 @@ def build_parser(given=()):
                     help="For --sampler fixed: 'mlm=2,cse=1,...' or '2,1,...' in --objectives order.")
     mo.add_argument("--exp3_smoothing", type=float, default=0.9,
                     help="For --sampler exp3 (ODM's bandit): alpha, the weight of the old estimated reward.")
+    mo.add_argument("--exp3_loss_scaling", choices=["first", "none"], default="first",
+                    help="For --sampler exp3: divide each training loss by its objective's first one, so that objectives "
+                    "whose losses live on different scales compete fairly (first), or use the raw loss as ODM does "
+                    "(none).")
     mo.add_argument("--meta_eval_batches", type=int, default=1,
                     help="Validation batches of --per_device_eval_batch_size per objective (per process) at each "
                     "meta-test. The paper's code uses one batch twice the training batch size.")
@@ -426,6 +430,7 @@ def make_sampler(args):
         entropy_lambda=args.entropy_lambda,
         weights=parse_weights(args.sampler_weights, args.objective_list),
         smoothing=args.exp3_smoothing,
+        loss_scaling=args.exp3_loss_scaling,
         reward_floor=args.reward_floor,
         reward_dead_zone=args.reward_dead_zone,
         reward_objectives=args.reward_objectives,
@@ -679,7 +684,7 @@ def write_history_row(accelerator, history, tracker, sampler, *, step, update, v
         "probabilities": sampler.probabilities, "entropy": sampler.entropy(),
         "reward": update.get("reward") if update else None, "val_loss": val_losses,
         **{key: update[key] for key in REWARD_FIELDS if update and key in update},
-        **{key: window[key] for key in ("train_loss", "counts", "rollout", "tokens_seen")},
+        **{key: window[key] for key in ("train_loss", "counts", "rollout", "tokens_seen", "mean_probabilities")},
         "meta_test_seconds": seconds, "elapsed_seconds": time.perf_counter() - started,
         "learning_rate": learning_rate, "num_processes": accelerator.num_processes,
     }
@@ -959,7 +964,8 @@ def train(args, hub_token=None):
         while completed_steps < args.max_train_steps:
             # Meta-train (Algorithm 1, lines 4-8): one objective for the whole step, the same on every process.
             warming = completed_steps < head_warmup
-            objective = warmup_sampler.sample() if warming else sampler.sample()
+            drawing = warmup_sampler if warming else sampler
+            objective = drawing.sample()
             step_loss, tokens = torch.zeros((), device=accelerator.device), 0
             for _ in range(args.gradient_accumulation_steps):
                 epoch, batches_in_epoch, padded = next(stream)
@@ -989,7 +995,7 @@ def train(args, hub_token=None):
                 # the way an overflow does (the scale is lowered when the gradients held NaN or inf).
                 accelerator.scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            tracker.record(objective, mean_loss if trained else None, tokens)
+            tracker.record(objective, mean_loss if trained else None, tokens, drawing.drawn_with)
             log_step(progress, accelerator, args, sampler, completed_steps, objective, mean_loss, lr_scheduler)
             if warming:
                 warmup_sampler.rollout.clear()  # nothing learns from the warm-up's draws
@@ -1038,7 +1044,8 @@ def train(args, hub_token=None):
 
 
 # Library errors name Python arguments; where a flag is spelled differently, say the flag.
-ARGUMENT_FLAGS = {"weights": "sampler_weights", "smoothing": "exp3_smoothing", "sampler": "sampler",
+ARGUMENT_FLAGS = {"weights": "sampler_weights", "smoothing": "exp3_smoothing", "loss_scaling": "exp3_loss_scaling",
+                  "sampler": "sampler",
                   "objectives": "objectives"}
 
 

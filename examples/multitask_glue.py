@@ -627,7 +627,7 @@ def run(args):
             "probabilities": sampler.probabilities, "entropy": sampler.entropy(),
             "reward": update.get("reward") if update else None, "val_loss": val_losses,
             **{key: update[key] for key in REWARD_FIELDS if update and key in update},
-            **{key: window[key] for key in ("train_loss", "counts", "rollout", "tokens_seen")},
+            **{key: window[key] for key in ("train_loss", "counts", "rollout", "tokens_seen", "mean_probabilities")},
             "meta_test_seconds": seconds, "elapsed_seconds": time.perf_counter() - started,
             "learning_rate": lr_scheduler.get_last_lr()[0], "num_processes": accelerator.num_processes,
         }
@@ -659,7 +659,7 @@ def run(args):
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         sampler.observe(task, step_loss, grad_norm)
-        tracker.record(task, step_loss, int(batch["attention_mask"].sum()))
+        tracker.record(task, step_loss, int(batch["attention_mask"].sum()), sampler.drawn_with)
         progress.update(1)
         if step % args.logging_steps == 0:
             progress.set_postfix(task=task, loss=f"{step_loss:.3f}",

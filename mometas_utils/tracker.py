@@ -8,7 +8,7 @@ checkpointing, so a resumed run continues its windows and counters wherever its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -33,11 +33,19 @@ class StepTracker:
         self.rollout: list[str] = []
         self.loss_sum = dict.fromkeys(self.objectives, 0.0)
         self.counts = dict.fromkeys(self.objectives, 0)
+        self.probability_sum = dict.fromkeys(self.objectives, 0.0)
+        self.draws_with_probabilities = 0
 
-    def record(self, objective: str, loss: float | None, tokens: int) -> None:
+    def record(self, objective: str, loss: float | None, tokens: int,
+               drawn_with: Mapping[str, float] | None = None) -> None:
         """One step on ``objective``: its loss (averaged over processes; None for a skipped step, which
-        counts as a draw but not as a trained step) and this process's tokens."""
+        counts as a draw but not as a trained step), this process's tokens and the distribution the
+        objective was drawn from (``sampler.drawn_with``; an objective it lacks counts as 0)."""
         self.rollout.append(objective)
+        if drawn_with is not None:
+            for name in self.objectives:
+                self.probability_sum[name] += float(drawn_with.get(name, 0.0))
+            self.draws_with_probabilities += 1
         if loss is not None:
             self.loss_sum[objective] += loss
             self.counts[objective] += 1
@@ -51,8 +59,13 @@ class StepTracker:
         return self.tokens_seen
 
     def close_window(self, accelerator) -> dict:
-        """The row fields of the window (``train_loss``, ``counts``, ``rollout``, ``tokens_seen`` and, with
-        several processes, ``process_rollouts``), then a new window. A collective: all processes call it.
+        """The row fields of the window (``train_loss``, ``counts``, ``rollout``, ``tokens_seen``,
+        ``mean_probabilities`` and, with several processes, ``process_rollouts``), then a new window. A
+        collective: all processes call it.
+
+        ``mean_probabilities`` is the mean of the distributions the window's objectives were drawn from
+        (None when no draw recorded one). For a sampler that changes only at meta-tests it is the
+        previous row's ``probabilities``; for exp3, which moves every step, it is what was really drawn from.
 
         Every process must have drawn the same objectives; the draws are gathered to prove it.
         """
@@ -67,6 +80,8 @@ class StepTracker:
             "counts": dict(self.counts),
             "rollout": list(self.rollout),
             "tokens_seen": dict(zip(names, tokens)),
+            "mean_probabilities": ({n: self.probability_sum[n] / self.draws_with_probabilities for n in names}
+                                   if self.draws_with_probabilities else None),
         }
         if accelerator.num_processes > 1:
             window["process_rollouts"] = [[names[i] for i in r] for r in per_process]
@@ -77,7 +92,8 @@ class StepTracker:
         # Saved from the main process only: call sync_tokens first so the totals hold every process.
         return {"objectives": list(self.objectives), "rollout": list(self.rollout), "loss_sum": dict(self.loss_sum),
                 "counts": dict(self.counts), "tokens_seen": list(self.tokens_seen),
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps, "probability_sum": dict(self.probability_sum),
+                "draws_with_probabilities": self.draws_with_probabilities}
 
     def load_state_dict(self, state: dict) -> None:
         if list(state["objectives"]) != self.objectives:
@@ -87,6 +103,8 @@ class StepTracker:
         self.counts = dict(state["counts"])
         self.tokens_seen = [int(n) for n in state["tokens_seen"]]
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.probability_sum = dict(state.get("probability_sum") or dict.fromkeys(self.objectives, 0.0))
+        self.draws_with_probabilities = int(state.get("draws_with_probabilities", 0))
         self._local_tokens.zero_()
 
 

@@ -49,7 +49,7 @@ def history_row(sampler, window: Mapping, *, step: int, update: Mapping | None, 
         "probabilities": sampler.probabilities, "entropy": sampler.entropy(),
         "reward": update.get("reward") if update else None, "val_loss": val_losses,
         **{key: update[key] for key in REWARD_FIELDS if update and key in update},
-        **{key: window[key] for key in ("train_loss", "counts", "rollout", "tokens_seen")},
+        **{key: window[key] for key in ("train_loss", "counts", "rollout", "tokens_seen", "mean_probabilities")},
         "meta_test_seconds": seconds, "elapsed_seconds": elapsed,
         "learning_rate": learning_rate, "num_processes": num_processes,
     }
@@ -199,8 +199,11 @@ class MometasTrainer(Trainer):
         if self.warming_up():
             objective = self.warmup_sampler.sample()
             self.warmup_sampler.rollout.clear()  # nothing learns from the warm-up's draws
+            self._drawn_with = self.warmup_sampler.drawn_with
             return objective
-        return self.sampler.sample()
+        objective = self.sampler.sample()
+        self._drawn_with = self.sampler.drawn_with
+        return objective
 
     # ------------------------------------------------------------------ the head warm-up's rates
 
@@ -329,7 +332,7 @@ class MometasTrainer(Trainer):
         warmed_up = self.head_warmup_steps and step == self.head_warmup_steps
         if finite and step > self.head_warmup_steps:
             self.sampler.observe(objective, mean_loss, self._grad_norm)
-        self.tracker.record(objective, mean_loss if finite else None, self._step_tokens)
+        self.tracker.record(objective, mean_loss if finite else None, self._step_tokens, self._drawn_with)
         self._step_loss, self._step_tokens, self._micro_batches, self._grad_norm = 0.0, 0, 0, None
         if warmed_up:
             # Everything trains from now on; the sampler's first meta-test gives its baselines b_i.

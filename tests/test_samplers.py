@@ -461,7 +461,7 @@ def test_exp3_follows_odm_by_hand():
     only from t = 6 on), so the first draws are uniform whatever the estimates; then
     pi_i = (1 - 4 eps_{t+1}) softmax(eps_t R)_i + eps_{t+1}.
     """
-    s = Exp3Sampler(OBJ, smoothing=0.5, seed=0)
+    s = Exp3Sampler(OBJ, smoothing=0.5, seed=0, loss_scaling="none")  # ODM's raw-loss reward
     assert s.probabilities == {o: 0.25 for o in OBJ}
     # Step 1 on mlm (drawn with 1/4), loss 2: R_mlm = 0.5 * 0 + 0.5 * 2 / 0.25 = 4.
     s.observe("mlm", 2.0)
@@ -485,8 +485,56 @@ def test_exp3_follows_odm_by_hand():
     assert float(s.estimates[3]) == pytest.approx(0.5 / expected[3], rel=1e-12)
 
 
+def test_exp3_scales_each_loss_by_its_objectives_first_one_by_hand():
+    """The default reward: L / s_i, s_i the objective's first positive loss, then ODM's update.
+
+    mlm (pi = 1/4) first loses 6: s_mlm = 6, R_mlm = 0.5 * 0 + 0.5 * (6 / 6) / 0.25 = 2.
+    atd first loses 0.2: s_atd = 0.2, R_atd = 2 as well: the scales are gone.
+    mlm then loses 3: R_mlm = 0.5 * 2 + 0.5 * (3 / 6) / 0.25 = 2.
+    sbo loses 0 first (no scale yet, counts as 0: R_sbo = 0), then 0.5 (s_sbo = 0.5, R_sbo = 2).
+    """
+    s = Exp3Sampler(OBJ, smoothing=0.5, seed=0)
+    s.observe("mlm", 6.0)
+    s.observe("atd", 0.2)
+    assert s.estimates.tolist() == pytest.approx([2.0, 0.0, 2.0, 0.0], rel=1e-12)
+    s.observe("mlm", 3.0)
+    s.observe("sbo", 0.0)
+    assert s.estimates.tolist() == pytest.approx([2.0, 0.0, 2.0, 0.0], rel=1e-12)
+    s.observe("sbo", 0.5)
+    assert float(s.estimates[1]) == pytest.approx(2.0, rel=1e-12)
+    assert s.scales.tolist() == pytest.approx([6.0, 0.5, 0.2, 0.0])
+    # The raw reward of the same steps favours the vocabulary-sized loss 30-fold.
+    raw = Exp3Sampler(OBJ, smoothing=0.5, seed=0, loss_scaling="none")
+    raw.observe("mlm", 6.0)
+    raw.observe("atd", 0.2)
+    assert raw.estimates.tolist() == pytest.approx([12.0, 0.0, 0.4, 0.0], rel=1e-12)
+    # The scales are part of the state: a resumed sampler divides by the same s_i.
+    again = Exp3Sampler(OBJ, smoothing=0.5, seed=0)
+    again.load_state_dict(s.state_dict())
+    again.observe("atd", 0.1)
+    s.observe("atd", 0.1)
+    assert again.estimates.tolist() == s.estimates.tolist()
+    with pytest.raises(MometasInputError, match="loss_scaling: expected one of first, none, got 'log'"):
+        Exp3Sampler(OBJ, loss_scaling="log")
+
+
+def test_exp3_scaled_reward_favours_the_objective_whose_loss_falls_least():
+    """"learnable" falls from 6 to 1; "stuck" stays at 0.3. Scaled, "stuck" is the harder one; raw, the
+    larger loss wins. Both leans are small: with rewards near 1 / pi_i, eps_t R_i stays far below 1."""
+    stuck = {}
+    for scaling in ("first", "none"):
+        s = Exp3Sampler(["learnable", "stuck"], seed=1, loss_scaling=scaling)
+        step_of = {"learnable": 0, "stuck": 0}
+        for _ in range(200):
+            objective = s.sample()
+            step_of[objective] += 1
+            s.observe(objective, max(1.0, 6.0 - step_of[objective] / 20) if objective == "learnable" else 0.3)
+        stuck[scaling] = s.probabilities["stuck"]
+    assert stuck["none"] < 0.5 < stuck["first"] < 0.53
+
+
 def test_exp3_favours_the_objective_with_the_highest_training_loss():
-    s = Exp3Sampler(["easy", "hard"], seed=1)
+    s = Exp3Sampler(["easy", "hard"], seed=1, loss_scaling="none")
     favoured = {}
     for step in range(1, 5001):
         objective = s.sample()

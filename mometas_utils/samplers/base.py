@@ -99,6 +99,10 @@ class ObjectiveSampler:
         self.rollout: list[int] = []
         #: b_i: validation losses of the last usable meta-test (None before the first).
         self.baselines: torch.Tensor | None = None
+        #: The distribution the last draw was made from (``{objective: p}``; None before the first). A
+        #: history row averages these over its window: for a sampler that moves every step (exp3) the
+        #: distribution at the meta-test alone misstates what was drawn.
+        self.drawn_with: dict[str, float] | None = None
 
     # ---------------------------------------------------------------- argument checks
 
@@ -166,7 +170,9 @@ class ObjectiveSampler:
 
     def sample(self) -> str:
         """Draw T_t ~ P_D from the sampler's own generator and append it to the rollout tau."""
-        index = int(torch.multinomial(self.probs_tensor(), 1, generator=self.generator))
+        probs = self.probs_tensor()
+        index = int(torch.multinomial(probs, 1, generator=self.generator))
+        self.drawn_with = dict(zip(self.objectives, probs.tolist()))
         self.rollout.append(index)
         return self.objectives[index]
 
