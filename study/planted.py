@@ -52,7 +52,7 @@ from pathlib import Path
 from datasets.fingerprint import Hasher
 
 from common import RESULTS_DIR, ROOT, STUDY_DIR, log, minilm_path, portable, read_json, wiki_corpus, write_json
-from planted_analysis import OBJECTIVES, PLANTED, analyse, markdown, plot_power, plot_weights, weight_between
+from planted_analysis import OBJECTIVES, PLANTED, analyse, markdown, plot_power, plot_weights, verdicts, weight_between
 
 __all__ = ["ARMS", "OBJECTIVES", "PLANTED", "TESTBEDS", "weight_between"]
 
@@ -390,7 +390,7 @@ def main(argv=None):
         sys.exit("error: no finished runs to report")
     report = analyse(results)
     folder = Path(args.results)
-    write_json(folder.with_suffix(".json"), {"runs": len(results), "groups": report})
+    write_json(folder.with_suffix(".json"), {"runs": len(results), "groups": report, "verdicts": verdicts(report)})
     plot_weights(results, folder.with_name(f"{folder.name}_weights.png"))  # the largest K: the paper's 100
     learned = {(r["testbed"], r["meta_length"]) for r in results if r["arm"] not in ("uniform", "oracle")}
     for testbed, k in sorted(learned - {("minilm2k", 100)}):  # a figure of flat lines says nothing

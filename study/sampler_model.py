@@ -1,30 +1,47 @@
 #!/usr/bin/env python
-"""Why the planted proof fails or holds: the sampler's equilibrium, from measured rewards.
+"""The power analysis of the planted benchmark: how many sampler updates does a meta length K need?
 
-The planted study (``planted.py``) costs minutes of CPU per run; this costs seconds. It fits,
-on the *uniform* arm's windows (where the draws are independent of the model), how the
-reward over ``--reward_objectives mlm`` depends on what was drawn:
+A planted run costs 10 to 25 minutes of CPU; this model costs seconds. It describes, step by step,
+how each objective's draws move MLM's validation loss, fits that description on the measured
+windows of the planted benchmark (``study/results/benchmark/``), and then runs the project's own
+:class:`~mometas_utils.samplers.MometasSampler` (the README's recipe: ``--reward_objectives mlm``,
+default reward settings) against it, many times, for each K and number of updates.
 
-    r_w = sum_j alpha_j c_{w,j} + e_w,      e_w ~ N(0, sigma^2)
+The model. A step s on objective j moves MLM's log validation loss by ``-a_j u_s``, where u_s is
+the step's learning rate over the peak rate: a draw matters as much as the step it takes. Part of
+that move lasts and part recovers as later steps train MLM again:
 
-with c_{w,j} the number of draws of objective j in window w (K draws in all) and r_w MLM's
-relative validation-loss drop over the window (Eq. 3 for one objective). Then it runs the
-project's own :class:`~mometas_utils.samplers.MometasSampler` (meta length K, meta step size
-beta, entropy temperature lambda, the default reward settings) against this synthetic
-environment, many times, and reports what the planted proof measures: the average weight of
-shuffled_mlm over the second half and the fraction of runs where it is below 0.10.
+    L(t) = -sum_{s <= t} a_{T_s} u_s g(t - s),      g(d) = c + (1 - c) exp(-d / tau)
 
-It answers which knob moves the outcome (K, beta, lambda, the number of updates) without
-running the encoder. It prints the measured ``robust_mlm`` (lambda 3) and ``robust_mlm_lambda1``
-arms beside the simulation, measured as ``planted.py`` measures them: where the simulated weight
-at the study's setting does not match the measured one, the conclusions do not carry over.
+so the relative drop that a meta-test at t_w measures over its window is
+``r_w = L(t_{w-1}) - L(t_w) + e_w``. The noise e_w has the size ``sigma_w = s_0 + s_1 ubar_w``
+(ubar_w the window's mean rate) and two parts: an innovation that stays in the loss, and an error
+of the measurement itself that the next window's measurement takes back (``e_w = eta_w + eps_{w-1} -
+eps_w``). The second part makes consecutive rewards anticorrelated: its share m of the variance is
+minus the lag-1 correlation of the fit's residuals. Given (c, tau) the model is linear in a, so a is fitted by least
+squares for each (c, tau) on a grid and the pair with the least residual is kept. The model the
+study used before had c = 1 and u_s = 1 (every draw's effect permanent and the same all run long):
+the K = 25 runs contradicted it.
 
-    python study/sampler_model.py            # reads study/results/planted/uniform_seed*.json
+Two things a fixed per-draw effect leaves out, which the fit measures:
+
+* the learning rate decays linearly to 0, so the second half's draws move the loss less and the
+  sampler has less to learn from just when the measure is taken;
+* harm that later MLM steps undo within a window (c < 1, small tau) is invisible to a meta-test at
+  the window's end: the longer the window, the more of a draw's effect is gone when it is measured.
+
+The check comes first: the model fitted on the K = 25 windows must reproduce the K = 25 runs of the
+recipe (their second-half planted weight and how many seeds fell below 0.10) before its K = 50 and
+K = 100 predictions are printed. Then a fit on the K = 100 windows is checked the same way against
+the K = 100 runs.
+
+    python study/sampler_model.py            # reads study/results/benchmark/*.json, writes study/results/sampler_model.json
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -33,109 +50,237 @@ import torch
 
 from common import RESULTS_DIR, read_json, write_json
 from mometas_utils.samplers import build_sampler
-from planted import OBJECTIVES, PLANTED, weight_between
+from planted_analysis import DROPPED, OBJECTIVES, PLANTED, weight_between
+
+TAUS = (1, 2, 5, 10, 25, 50, 100, 200, 400)
+PERSISTENT = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+#: The arms the model stands in for: the README's recipe at the default entropy temperature, and at 1.
+ARMS = {"robust_mlm": 3.0, "robust_mlm_lambda1": 1.0}
+UPDATES = (10, 20, 30, 50, 100, 200)
 
 
-def fit_windows(rows_per_run: list[list[dict]]) -> dict:
-    """Least squares of MLM's relative drop on the window's draw counts (no intercept: counts sum to K)."""
-    X, y = [], []
-    for rows in rows_per_run:
-        for before, after in zip(rows, rows[1:]):
-            b, a = before["val_loss"]["mlm"], after["val_loss"]["mlm"]
-            X.append([after["counts"][n] for n in OBJECTIVES])
-            y.append((b - a) / b)
-    X, y = np.asarray(X, float), np.asarray(y, float)
-    alpha, *_ = np.linalg.lstsq(X, y, rcond=None)
-    residual = y - X @ alpha
-    sigma = float(residual.std(ddof=len(OBJECTIVES)))
-    corr = float(np.corrcoef(X[:, OBJECTIVES.index(PLANTED)], y)[0, 1])
-    return {"alpha": dict(zip(OBJECTIVES, alpha.tolist())), "sigma": sigma, "windows": len(y),
-            "corr_planted_draws_reward": corr}
+def rate_factors(steps: int, warmup_ratio: float) -> np.ndarray:
+    """u_s for s = 1..steps: the script's linear schedule (warm-up, then linear decay to 0) over its peak."""
+    warmup = math.ceil(warmup_ratio * steps)
+    before = np.arange(steps, dtype=float)  # the scheduler's count before step s
+    up = before / max(1, warmup)
+    down = np.maximum(0.0, (steps - before) / max(1, steps - warmup))
+    return np.where(before < warmup, up, down)
 
 
-def simulate(fit: dict, *, meta_length: int, updates: int, meta_step_size: float, entropy_lambda: float,
-             runs: int, seed: int) -> dict:
-    """Second-half average p(shuffled_mlm) of ``runs`` sampler runs in the fitted environment."""
-    alpha = np.array([fit["alpha"][n] for n in OBJECTIVES])
+def kernel_features(draws: np.ndarray, rates: np.ndarray, ends: list[int], c: float, tau: float) -> np.ndarray:
+    """F[w, j] = sum over draws of j of u_s (g(t_w - s) - g(t_{w-1} - s)), the effect on window w's drop
+    per unit of a_j (draws after t_{w-1} have g(t_{w-1} - s) = 0)."""
+    steps = np.arange(1, len(draws) + 1)
+    onehot = np.zeros((len(draws), len(OBJECTIVES)))
+    onehot[np.arange(len(draws)), draws] = rates
+
+    def level(t):
+        d = t - steps[:t]
+        g = c + (1.0 - c) * (np.exp(-d / tau) if math.isfinite(tau) else np.ones(len(d)))
+        return g @ onehot[:t]
+
+    levels = [level(t) if t > 0 else np.zeros(len(OBJECTIVES)) for t in ends]
+    return np.array([after - before for before, after in zip(levels, levels[1:])])
+
+
+def windows_of(run: dict) -> dict:
+    """The draws (one index per step), the rate factors and, per meta-test window, the relative MLM drop."""
+    rows = [r for r in run["rows"] if r.get("val_loss")]
+    settings = run["settings"]
+    draws = [OBJECTIVES.index(name) for row in run["rows"] for name in row.get("rollout") or []]
+    ends = [row["step"] for row in rows]
+    drops = [(b["val_loss"]["mlm"] - a["val_loss"]["mlm"]) / b["val_loss"]["mlm"] for b, a in zip(rows, rows[1:])]
+    rates = rate_factors(settings["max_train_steps"], settings["warmup_ratio"])
+    return {"draws": np.array(draws), "rates": rates, "ends": ends, "drops": np.array(drops),
+            "mean_rates": np.array([rates[a:b].mean() for a, b in zip(ends, ends[1:])])}
+
+
+def fit(runs: list[dict]) -> dict:
+    """a, c, tau by least squares over the windows of ``runs``; the noise line sigma = s_0 + s_1 ubar."""
+    data = [windows_of(run) for run in runs]
+    y = np.concatenate([d["drops"] for d in data])
+    best = None
+    for c in PERSISTENT:
+        for tau in TAUS if c < 1 else (math.inf,):
+            X = np.concatenate([kernel_features(d["draws"], d["rates"], d["ends"], c, tau) for d in data])
+            a, *_ = np.linalg.lstsq(X, y, rcond=None)
+            sse = float(((y - X @ a) ** 2).sum())
+            if best is None or sse < best["sse"]:
+                best = {"c": c, "tau": tau, "a": a, "sse": sse, "X": X}
+    residual = y - best["X"] @ best["a"]
+    ubar = np.concatenate([d["mean_rates"] for d in data])
+    # E|e| = sigma sqrt(2 / pi) for a normal e: a straight line through the absolute residuals.
+    s1, s0 = np.polyfit(ubar, np.abs(residual) * math.sqrt(math.pi / 2), 1)
+    planted = best["X"][:, OBJECTIVES.index(PLANTED)]
+    pairs = [(e[i], e[i + 1]) for e in _split(residual, [len(d["drops"]) for d in data]) for i in range(len(e) - 1)]
+    lag1 = float(np.corrcoef(np.array(pairs).T)[0, 1])
+    return {"noise_lag1_correlation": lag1, "measurement_share": min(0.5, max(0.0, -lag1)),"persistent_share": best["c"], "recovery_steps": None if math.isinf(best["tau"]) else best["tau"],
+            "effect_per_draw": dict(zip(OBJECTIVES, best["a"].tolist())), "noise": {"s0": float(s0), "s1": float(s1)},
+            "windows": int(len(y)), "runs": len(runs), "residual_std": float(residual.std()),
+            "r2": float(1 - (residual ** 2).sum() / ((y - y.mean()) ** 2).sum()),
+            "start_mlm_loss": statistics.fmean(r["rows"][0]["val_loss"]["mlm"] for r in runs),
+            "corr_planted_effect_drop": float(np.corrcoef(planted, y)[0, 1]) if planted.std() > 0 else None}
+
+
+def _split(values: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    return np.split(values, np.cumsum(sizes)[:-1])
+
+
+def simulate(model: dict, *, meta_length: int, updates: int, entropy_lambda: float, runs: int, seed: int,
+             warmup_ratio: float = 0.06) -> dict:
+    """The recipe's sampler against the fitted model: its second-half planted weight per simulated run."""
+    a = np.array([model["effect_per_draw"][n] for n in OBJECTIVES])
+    c, tau = model["persistent_share"], model["recovery_steps"] or math.inf
+    s0, s1 = model["noise"]["s0"], model["noise"]["s1"]
+    share = model["measurement_share"]
+    rates = rate_factors(meta_length * updates, warmup_ratio)
     rng = np.random.default_rng(seed)
-    second_half = []
+    planted, weights = OBJECTIVES.index(PLANTED), []
+    decay = math.exp(-meta_length / tau) if math.isfinite(tau) else 1.0
     for run in range(runs):
-        sampler = build_sampler(
-            "mometas", OBJECTIVES, meta_length=meta_length, meta_step_size=meta_step_size,
-            entropy_lambda=entropy_lambda, reward_objectives=["mlm"], seed=seed * 100_003 + run,
-        )
-        loss = 5.0
-        losses = {n: 1.0 for n in OBJECTIVES}
-        sampler.update({**losses, "mlm": loss})
+        sampler = build_sampler("mometas", OBJECTIVES, meta_length=meta_length, entropy_lambda=entropy_lambda,
+                                reward_objectives=["mlm"], seed=seed * 100_003 + run)
+        others = {n: 1.0 for n in OBJECTIVES}
+        loss = model["start_mlm_loss"]  # the model's true loss; the meta-test measures it with an error
+        sampler.update({**others, "mlm": loss})
+        lasting = recovering = 0.0  # the two parts of L(t), per unit of a, summed over objectives
         trace = []
-        for _ in range(updates):
-            for _ in range(meta_length):
-                sampler.sample()
-            counts = np.bincount(sampler.rollout, minlength=len(OBJECTIVES))
-            drop = float(counts @ alpha + fit["sigma"] * rng.standard_normal())
-            loss = loss * (1.0 - drop)
-            sampler.update({**losses, "mlm": loss})
-            trace.append(sampler.probabilities[PLANTED])
-        second_half.append(statistics.fmean(trace[updates // 2:]))
-    return {"meta_length": meta_length, "updates": updates, "meta_step_size": meta_step_size,
-            "entropy_lambda": entropy_lambda, "runs": runs,
-            "second_half_mean": statistics.fmean(second_half), "second_half_std": statistics.stdev(second_half),
-            "fraction_below_0.10": sum(p < 0.10 for p in second_half) / runs,
-            "chance_4_of_5": _at_least(4, 5, sum(p < 0.10 for p in second_half) / runs)}
+        for w in range(updates):
+            p = np.array([sampler.probabilities[n] for n in OBJECTIVES])
+            draws = rng.choice(len(OBJECTIVES), size=meta_length, p=p / p.sum())
+            sampler.rollout = draws.tolist()
+            u = rates[w * meta_length:(w + 1) * meta_length]
+            moved = a[draws] * u
+            age = meta_length - np.arange(1, meta_length + 1)  # steps from each draw to the meta-test
+            before = lasting + recovering
+            lasting += c * moved.sum()
+            recovering = recovering * decay + (1 - c) * (moved * (np.exp(-age / tau) if math.isfinite(tau) else 1.0)).sum()
+            sigma = s0 + s1 * u.mean()
+            loss *= 1.0 - ((lasting + recovering) - before + sigma * math.sqrt(1 - 2 * share) * rng.standard_normal())
+            error = sigma * math.sqrt(share) * rng.standard_normal()
+            trace.append(p[planted])
+            sampler.update({**others, "mlm": loss * (1.0 - error)})
+        weights.append(statistics.fmean(trace[updates // 2:]))
+    below = sum(w < DROPPED for w in weights) / runs
+    return {"meta_length": meta_length, "updates": updates, "entropy_lambda": entropy_lambda, "runs": runs,
+            "second_half_mean": statistics.fmean(weights), "second_half_std": statistics.stdev(weights),
+            "share_below_0.10": below, "chance_4_of_5": _at_least(4, 5, below)}
 
 
 def _at_least(k: int, n: int, q: float) -> float:
-    from math import comb
-    return sum(comb(n, i) * q**i * (1 - q) ** (n - i) for i in range(k, n + 1))
+    return sum(math.comb(n, i) * q**i * (1 - q) ** (n - i) for i in range(k, n + 1))
+
+
+def measured_arm(runs: list[dict]) -> dict | None:
+    """What planted_analysis reads off the real runs: second-half weight per seed, seeds below 0.10."""
+    if not runs:
+        return None
+    values = []
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        steps = r["settings"]["max_train_steps"]
+        values.append(weight_between(r["rows"], PLANTED, steps / 2, steps))
+    return {"seeds": [r["seed"] for r in runs], "second_half_per_seed": values,
+            "second_half_mean": statistics.fmean(values), "seeds_below_0.10": sum(v < DROPPED for v in values)}
+
+
+def reproduces(sim: dict, real: dict) -> bool:
+    """The simulated mean within two standard errors of the measured seeds' mean, and the measured count of
+    seeds below 0.10 not improbable (at least 5% under the simulated share)."""
+    n = len(real["second_half_per_seed"])
+    se = sim["second_half_std"] / math.sqrt(n)
+    q = sim["share_below_0.10"]
+    k = real["seeds_below_0.10"]
+    chance_of_k = math.comb(n, k) * q**k * (1 - q) ** (n - k)
+    return abs(sim["second_half_mean"] - real["second_half_mean"]) <= 2 * se and chance_of_k >= 0.05
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=200, help="Simulated sampler runs per setting (at least 2).")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", default=str(RESULTS_DIR / "planted"), help="Folder of planted.py's per-run results.")
+    p.add_argument("--results", default=str(RESULTS_DIR / "benchmark"), help="Folder of planted.py's per-run results.")
     p.add_argument("--output", default=str(RESULTS_DIR / "sampler_model.json"))
+    p.add_argument("--fits", default="25:minilm,100:minilm2k",
+                   help="K:testbed pairs: each K's model is fitted on that testbed's f = 1 runs at that K.")
     args = p.parse_args(argv)
     if args.runs < 2:
         p.error(f"--runs: expected at least 2 (a standard deviation needs two runs), got {args.runs}")
     torch.set_num_threads(1)
-    folder = Path(args.results)
-    uniform = [read_json(path)["rows"] for path in sorted(folder.glob("uniform_seed*.json"))]
-    if not uniform:
-        raise SystemExit(f"error: no uniform runs in {folder}; run study/planted.py --arms uniform first")
-    fit = fit_windows(uniform)
-    print(f"fit on {fit['windows']} uniform windows: per-draw effect on MLM's relative drop "
-          + ", ".join(f"{n} {a:+.2e}" for n, a in fit["alpha"].items())
-          + f"; residual std {fit['sigma']:.2e}; corr(planted draws, reward) {fit['corr_planted_draws_reward']:+.2f}")
-    # The real arms at the base setting (K = 8, 50 updates, beta = 0.1), by their lambda.
-    real_arms = {"robust_mlm": 3.0, "robust_mlm_lambda1": 1.0}
-    measured = {}
-    for arm in real_arms:
-        for path in sorted(folder.glob(f"{arm}_seed*.json")):
-            rows = read_json(path)["rows"]
-            end = rows[-1]["step"]
-            measured.setdefault(arm, {})[path.stem] = weight_between(rows, PLANTED, end / 2, end)
-    base = dict(meta_length=8, updates=50, meta_step_size=0.1, entropy_lambda=3.0)
-    settings = [base]
-    settings += [{**base, "entropy_lambda": v} for v in (2.0, 1.0, 0.0)]
-    settings += [{**base, "meta_step_size": v} for v in (0.3, 1.0)]
-    settings += [{**base, "updates": v} for v in (100, 200)]
-    settings += [{**base, "meta_length": 16}, {**base, "meta_length": 25}, {**base, "meta_length": 100}]
-    settings += [{**base, "meta_length": 16, "entropy_lambda": 1.0}]
-    results = []
-    print(f"{'K':>4} {'updates':>7} {'beta':>5} {'lambda':>6} {'2nd-half p':>14} {'P(p<0.10)':>9} {'P(4 of 5)':>9}")
-    for setting in settings:
-        r = simulate(fit, runs=args.runs, seed=args.seed, **setting)
-        results.append(r)
-        print(f"{r['meta_length']:>4} {r['updates']:>7} {r['meta_step_size']:>5} {r['entropy_lambda']:>6} "
-              f"{r['second_half_mean']:.3f} ± {r['second_half_std']:.3f} {r['fraction_below_0.10']:>9.2f} "
-              f"{r['chance_4_of_5']:>9.2f}")
-    for arm, runs in measured.items():
-        values = list(runs.values())
-        print(f"measured {arm} (lambda {real_arms[arm]:g}), second-half p per seed: "
-              + ", ".join(f"{v:.3f}" for v in values)
-              + f"; mean {statistics.fmean(values):.3f}; below 0.10 in {sum(v < 0.10 for v in values)} of {len(values)}")
-    write_json(Path(args.output), {"fit": fit, "measured": measured, "settings": results})
+    results = [read_json(path) for path in sorted(Path(args.results).glob("*.json"))]
+    try:
+        testbeds = {int(k): testbed for k, testbed in (pair.split(":") for pair in args.fits.split(","))}
+    except ValueError:
+        p.error(f"--fits: expected K:testbed pairs such as 25:minilm,100:minilm2k, got {args.fits!r}")
+    report = {"fits": {}, "checks": [], "table": []}
+    for k, testbed in testbeds.items():
+        # Every f = 1 run with the planted objective, whatever its sampler: the draws move the loss alike.
+        runs = [r for r in results if (r["testbed"], r["meta_length"], r["fraction"]) == (testbed, k, 1.0)
+                and PLANTED in r["objectives"]]
+        if not runs:
+            print(f"K = {k}: no {testbed} f = 1 runs in {args.results}; no fit")
+            continue
+        model = fit(runs)
+        report["fits"][f"K{k}"] = model
+        print(f"K = {k}: {model['windows']} windows of {model['runs']} runs; persistent share c = "
+              f"{model['persistent_share']}, recovery tau = {model['recovery_steps']} steps; per-draw effect x 1e4: "
+              + ", ".join(f"{n} {v * 1e4:+.1f}" for n, v in model["effect_per_draw"].items())
+              + f"; noise {model['noise']['s0']:.4f} + {model['noise']['s1']:.4f} u, lag-1 correlation "
+              f"{model['noise_lag1_correlation']:+.2f}; R^2 {model['r2']:.2f}")
+        steps = runs[0]["settings"]["max_train_steps"]
+        for arm, lam in ARMS.items():
+            real = measured_arm([r for r in runs if r["arm"] == arm])
+            if real is None:
+                continue
+            sim = simulate(model, meta_length=k, updates=steps // k, entropy_lambda=lam, runs=args.runs, seed=args.seed)
+            check = {"fit": f"K{k}", "arm": arm, "meta_length": k, "updates": steps // k, "simulated": sim,
+                     "measured": real, "reproduces": reproduces(sim, real)}
+            report["checks"].append(check)
+            print(f"  check {arm} (lambda {lam:g}), {steps // k} updates: simulated {sim['second_half_mean']:.3f} ± "
+                  f"{sim['second_half_std']:.3f}, share < 0.10 {sim['share_below_0.10']:.2f}; measured "
+                  f"{real['second_half_mean']:.3f}, {real['seeds_below_0.10']} of {len(real['seeds'])} below 0.10: "
+                  + ("reproduced" if check["reproduces"] else "NOT reproduced"))
+    # Predictions only from a fit that reproduced its own runs, at every K from each such fit.
+    trusted = {c["fit"] for c in report["checks"] if c["reproduces"] and c["arm"] == "robust_mlm"}
+    for name in sorted(trusted):
+        model = report["fits"][name]
+        for k in (25, 50, 100):
+            for updates in UPDATES:
+                sim = simulate(model, meta_length=k, updates=updates, entropy_lambda=3.0, runs=args.runs, seed=args.seed)
+                measured = next((c["measured"] for c in report["checks"] if c["arm"] == "robust_mlm"
+                                 and (c["meta_length"], c["updates"]) == (k, updates)), None)
+                report["table"].append({"fit": name, **sim, "measured": measured})
+    if not report["fits"]:
+        raise SystemExit(f"error: no planted runs to fit in {args.results}; run study/planted.py first")
+    report["trusted_fits"] = sorted(trusted)
+    print(power_table(report))
+    write_json(Path(args.output), report)
+
+
+def needed_updates(report: dict, fit_name: str, k: int) -> int | None:
+    """The fewest updates in the table at which 4 of 5 seeds fall below 0.10 with probability >= 0.8."""
+    rows = [r for r in report["table"] if r["fit"] == fit_name and r["meta_length"] == k]
+    return next((r["updates"] for r in sorted(rows, key=lambda r: r["updates"]) if r["chance_4_of_5"] >= 0.8), None)
+
+
+def power_table(report: dict) -> str:
+    """The table of docs/study.md: K, updates, predicted share of seeds below 0.10, and what was measured."""
+    if not report["table"]:
+        return "No fit reproduced its own runs, so the model predicts nothing."
+    lines = ["| fit | K | updates | predicted 2nd-half p(planted) | predicted share of seeds < 0.10 | "
+             "P(4 of 5 seeds < 0.10) | measured (seeds < 0.10) |", "|---|---|---|---|---|---|---|"]
+    for r in report["table"]:
+        m = r["measured"]
+        measured = "–" if m is None else (f"{m['second_half_mean']:.3f} ({m['seeds_below_0.10']} of "
+                                          f"{len(m['seeds'])})")
+        lines.append(f"| {r['fit']} | {r['meta_length']} | {r['updates']} | {r['second_half_mean']:.3f} ± "
+                     f"{r['second_half_std']:.3f} | {r['share_below_0.10']:.2f} | {r['chance_4_of_5']:.2f} | {measured} |")
+    needs = []
+    for name in report["trusted_fits"]:
+        for k in (25, 50, 100):
+            n = needed_updates(report, name, k)
+            needs.append(f"{name} fit, K = {k}: " + (f"{n} updates" if n else f"more than {max(UPDATES)} updates"))
+    return "\n".join(lines) + "\n\nUpdates needed for 4 of 5 seeds below 0.10 with probability 0.8: " + "; ".join(needs) + "."
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def test_planted_measures_by_hand():
     import sys
 
     sys.path.insert(0, str(STUDY))
-    from planted_analysis import analyse, time_to_drop, weight_between
+    from planted_analysis import analyse, time_to_drop, verdicts, weight_between
 
     def rows(weights, k=10):
         return [{"step": i * k, "probabilities": {"shuffled_mlm": w}, "val_loss": {"mlm": 5.0},
@@ -97,7 +97,7 @@ def test_planted_measures_by_hand():
     history = rows([0.2, 0.05, 0.12, 0.08, 0.06])
     assert weight_between(history, "shuffled_mlm", 20, 40) == pytest.approx(0.10)
     assert time_to_drop(history) == 30  # the dip at step 10 does not last
-    assert time_to_drop(rows([0.2, 0.05, 0.12])) is None
+    assert time_to_drop(rows([0.2, 0.05, 0.12, 0.2])) is None
     runs = []
     for arm, final, weights in (("uniform", 5.0, [0.2] * 5), ("robust_mlm", 4.8, [0.2, 0.1, 0.05, 0.05, 0.05]),
                                 ("oracle", 4.5, None)):
@@ -111,9 +111,10 @@ def test_planted_measures_by_hand():
     assert g["seeds_below_0.10"] == 5 and g["time_to_drop_per_seed"] == [20] * 5
     assert g["mlm_loss_minus_uniform"]["mean"] == pytest.approx(-0.2)
     assert g["regret"]["mean"] == pytest.approx(0.3)
-    # No f = 0 control was run: the bar holds on what was measured and says the control is missing.
+    # No f = 0 control was run: a missing result, not a pass.
     assert g["bar"] == {"dropped_in_4_of_5": True, "mlm_no_worse_than_uniform": True,
-                        "duplicate_kept_in_4_of_5": None, "holds": True}
+                        "duplicate_kept_in_4_of_5": None, "holds": None}
+    assert verdicts(groups)["small/K10/robust_mlm"]["verdict"] == "not concluded: no f = 0 control"
     assert groups["small/K10/f1/uniform"]["seeds_below_0.10"] == 0 and groups["small/K10/f1/uniform"]["bar"] is None
 
 
@@ -129,7 +130,8 @@ def test_planted_signal_by_half_and_late_drift_by_hand():
     halves = signal_by_half(rows, 40)
     assert halves["first"] == {"mean_abs_advantage": pytest.approx(0.75), "zero_reward_share": 0.0}
     assert halves["second"] == {"mean_abs_advantage": pytest.approx(0.15), "zero_reward_share": 0.5}
-    assert low_and_last(rows) == {"lowest": 0.06, "last": 0.11}
+    # The weights the windows were drawn with: each row's distribution is drawn from until the next row.
+    assert low_and_last(rows) == {"lowest": 0.06, "last": 0.08}
 
 
 def test_study_harness_caches_and_reports(tiny_bert, small_corpus, tmp_path, shared_data):
@@ -162,31 +164,136 @@ def test_study_harness_caches_and_reports(tiny_bert, small_corpus, tmp_path, sha
             (STUDY / "results" / f"{name}{suffix}").unlink(missing_ok=True)
 
 
-def test_sampler_model_recovers_the_planted_effect_and_predicts_lambda(tmp_path):
-    """Synthetic uniform windows with a known per-draw effect: the fit finds it, and the simulated
-    sampler keeps more weight on the harmful objective with lambda = 3 than with lambda = 0."""
+def _synthetic_runs(folder, *, c, tau, effect, noise, seeds, arm="uniform", steps=300, k=10, seed0=0):
+    """Planted-benchmark result files drawn from the step model by a loop of its own: a step on objective j
+    moves MLM's log loss by -a_j u_s g(t - s), g(d) = c + (1 - c) exp(-d / tau)."""
+    import math
+
     import numpy as np
 
-    rng = np.random.default_rng(0)
     names = ["mlm", "cse", "atd", "dtd", "shuffled_mlm"]
-    alpha = np.array([3e-3, 0.0, 0.0, 0.0, -6e-3])
-    for seed in (1, 2):
-        loss, rows = 5.0, [{"val_loss": {"mlm": 5.0}, "counts": dict.fromkeys(names, 0), "probabilities": None}]
-        for _ in range(60):
-            counts = rng.multinomial(8, [0.2] * 5)
-            loss *= 1 - (counts @ alpha + 1e-3 * rng.standard_normal())
-            rows.append({"val_loss": {"mlm": loss}, "counts": dict(zip(names, counts.tolist())),
-                         "probabilities": dict.fromkeys(names, 0.2)})
-        (tmp_path / f"uniform_seed{seed}.json").write_text(json.dumps({"rows": rows}))
+    warmup = math.ceil(0.06 * steps)
+    for seed in seeds:
+        rng = np.random.default_rng(seed0 + seed)
+        draws = rng.integers(0, 5, size=steps)
+        u = [s / warmup if s < warmup else (steps - s) / (steps - warmup) for s in range(steps)]
+        rows, measured, previous = [], 5.0, 0.0
+        for end in range(0, steps + 1, k):
+            level = sum(effect[draws[s]] * u[s] * (c + (1 - c) * math.exp(-(end - 1 - s) / tau)) for s in range(end))
+            if rows:
+                measured = rows[-1]["val_loss"]["mlm"] * (1 - (level - previous) + noise * rng.standard_normal())
+            previous = level
+            rollout = [names[d] for d in draws[max(0, end - k):end]]
+            rows.append({"step": end, "val_loss": {"mlm": measured}, "rollout": rollout,
+                         "counts": {n: rollout.count(n) for n in names}, "probabilities": dict.fromkeys(names, 0.2),
+                         "reward": None})
+        run = {"testbed": "toy", "meta_length": k, "fraction": 1.0, "arm": arm, "seed": seed, "objectives": names,
+               "settings": {"max_train_steps": steps, "warmup_ratio": 0.06}, "final_val_loss": {"mlm": measured},
+               "rows": rows}
+        (folder / f"toy_K{k}_f1_{arm}_seed{seed}.json").write_text(json.dumps(run))
+
+
+def test_sampler_model_recovers_recovering_harm_and_refuses_to_predict_what_it_cannot_reproduce(tmp_path):
+    """Runs drawn from a known step model (a fifth of each effect lasts, the rest recovers in 10 steps):
+    the fit finds c, tau and the per-draw effects. The recipe's runs here keep p = 0.2, which the fitted
+    model's sampler does not reproduce, so the model prints no prediction."""
+    effect = [0.004, 0.0, 0.0, 0.0, -0.008]
+    _synthetic_runs(tmp_path, c=0.2, tau=10, effect=effect, noise=1e-4, seeds=(1, 2, 3))
+    _synthetic_runs(tmp_path, c=0.2, tau=10, effect=effect, noise=1e-4, seeds=(1, 2, 3, 4, 5), arm="robust_mlm",
+                    seed0=10)
     out = tmp_path / "model.json"
-    run("sampler_model.py", "--results", tmp_path, "--output", out, "--runs", 4)
+    printed = run("sampler_model.py", "--results", tmp_path, "--output", out, "--runs", 8, "--fits", "10:toy")
     result = json.loads(out.read_text())
-    fitted = result["fit"]["alpha"]
-    assert fitted["shuffled_mlm"] == pytest.approx(-6e-3, abs=1e-3)
-    assert fitted["mlm"] == pytest.approx(3e-3, abs=1e-3)
-    by_lambda = {r["entropy_lambda"]: r["second_half_mean"] for r in result["settings"]
-                 if r["meta_length"] == 8 and r["updates"] == 50 and r["meta_step_size"] == 0.1}
-    assert by_lambda[0.0] < by_lambda[3.0] < 0.2
+    fitted = result["fits"]["K10"]
+    assert (fitted["persistent_share"], fitted["recovery_steps"]) == (0.2, 10)
+    assert fitted["effect_per_draw"]["shuffled_mlm"] == pytest.approx(-0.008, abs=5e-4)
+    assert fitted["effect_per_draw"]["mlm"] == pytest.approx(0.004, abs=5e-4)
+    [check] = result["checks"]
+    assert check["measured"]["second_half_mean"] == pytest.approx(0.2) and not check["reproduces"]
+    assert result["table"] == [] and "predicts nothing" in printed
+
+
+def test_sampler_model_simulation_and_reproduction_rule_by_hand():
+    sys.path.insert(0, str(STUDY))
+    from sampler_model import rate_factors, reproduces, simulate
+
+    # The script's linear schedule: warm-up over ceil(0.06 * 100) = 6 steps, then down to 0.
+    u = rate_factors(100, 0.06)
+    assert u[0] == 0.0 and u[3] == pytest.approx(0.5) and u[6] == 1.0 and u[-1] == pytest.approx(1 / 94)
+    model = {"effect_per_draw": {"mlm": 0.01, "cse": 0.0, "atd": 0.0, "dtd": 0.0, "shuffled_mlm": -0.02},
+             "persistent_share": 1.0, "recovery_steps": None, "noise": {"s0": 0.0, "s1": 0.001},
+             "measurement_share": 0.0, "start_mlm_loss": 5.0}
+    strong = simulate(model, meta_length=10, updates=60, entropy_lambda=0.0, runs=4, seed=0)
+    entropic = simulate(model, meta_length=10, updates=60, entropy_lambda=3.0, runs=4, seed=0)
+    assert strong["second_half_mean"] < entropic["second_half_mean"] < 0.2
+    # Harm that is gone before the meta-test (recovery in one step) leaves the sampler nothing to learn from.
+    hidden = simulate({**model, "persistent_share": 0.0, "recovery_steps": 1.0, "noise": {"s0": 0.002, "s1": 0.0}},
+                      meta_length=100, updates=10, entropy_lambda=3.0, runs=4, seed=0)
+    assert hidden["second_half_mean"] > strong["second_half_mean"]
+    # Two standard errors of the measured seeds' mean, and their count of seeds below 0.10 not improbable.
+    sim = {"second_half_mean": 0.10, "second_half_std": 0.04, "share_below_0.10": 0.5}
+    assert reproduces(sim, {"second_half_per_seed": [0.1] * 4, "second_half_mean": 0.139, "seeds_below_0.10": 2})
+    assert not reproduces(sim, {"second_half_per_seed": [0.1] * 4, "second_half_mean": 0.141, "seeds_below_0.10": 2})
+    assert not reproduces({**sim, "share_below_0.10": 0.95},
+                          {"second_half_per_seed": [0.1] * 4, "second_half_mean": 0.10, "seeds_below_0.10": 1})
+
+
+def _weights_rows(windows, k=10):
+    """Rows whose windows were drawn with the given {objective: p} (as mean_probabilities)."""
+    rows = [{"step": 0, "probabilities": windows[0], "val_loss": {"mlm": 5.0}, "reward": None}]
+    for i, mean in enumerate(windows, start=1):
+        rows.append({"step": i * k, "probabilities": mean, "mean_probabilities": mean, "val_loss": {"mlm": 5.0},
+                     "counts": {}, "reward": 0.0})
+    return rows
+
+
+def test_planted_discrimination_control_and_verdict_by_hand():
+    sys.path.insert(0, str(STUDY))
+    from planted_analysis import analyse, markdown, verdicts
+
+    def w(planted, mlm, others):
+        return {"mlm": mlm, "cse": others, "atd": others, "dtd": others, "shuffled_mlm": planted}
+
+    # Second half = the last two of four windows. At f = 1 the planted weight 0.05 against the others' 0.15:
+    # discrimination -0.10. At f = 0 the duplicate keeps 0.30 beside MLM's 0.31: duplicate - MLM = -0.01.
+    harm = [w(0.2, 0.2, 0.2), w(0.1, 0.3, 0.2), w(0.05, 0.5, 0.15), w(0.05, 0.5, 0.15)]
+    kept = [w(0.2, 0.2, 0.2)] * 2 + [w(0.30, 0.31, 0.13)] * 2
+    pushed = [w(0.2, 0.2, 0.2)] * 2 + [w(0.05, 0.5, 0.15)] * 2
+    runs = []
+    for f, arm, windows in ((1.0, "robust_mlm", harm), (0.0, "robust_mlm", kept), (1.0, "robust_all", harm),
+                            (0.0, "robust_all", pushed), (1.0, "uniform", [w(0.2, 0.2, 0.2)] * 4)):
+        for seed in range(1, 6):
+            runs.append({"testbed": "toy", "meta_length": 10, "fraction": f, "arm": arm, "seed": seed,
+                         "objectives": ["mlm", "cse", "atd", "dtd", "shuffled_mlm"],
+                         "settings": {"max_train_steps": 40},
+                         "final_val_loss": {"mlm": 5.0 - 0.1 * (arm != "uniform")}, "rows": _weights_rows(windows)})
+    runs.append({**runs[0], "arm": "oracle", "seed": 1, "objectives": ["mlm", "cse", "atd", "dtd"],
+                 "final_val_loss": {"mlm": 4.8}})
+    groups = analyse(runs)
+    g = groups["toy/K10/f1/robust_mlm"]
+    assert g["discrimination_per_seed"] == pytest.approx([-0.10] * 5)
+    assert g["regret_per_seed"] == [pytest.approx(0.1), None, None, None, None]
+    assert g["regret"] is None  # one oracle seed for five: no mean, printed "–"
+    control = groups["toy/K10/f0/robust_mlm"]
+    assert control["duplicate_minus_mlm_per_seed"] == pytest.approx([-0.01] * 5)
+    assert control["seeds_at_least_0.15"] == 5
+    found = verdicts(groups)
+    assert found["toy/K10/robust_mlm"]["verdict"] == "detects harm"
+    assert found["toy/K10/robust_all"]["verdict"].startswith("favours the rewarded objective")
+    table = markdown(groups)
+    assert "| robust_mlm | 5 | 0.050 ± 0.000 (n=5) | -0.100 ± 0.000 (n=5) |" in table
+    assert "| -0.100 ± 0.000 (n=5) | – |" in table  # the paired Δ vs uniform exists, the regret does not
+
+
+def test_exp3_weights_come_from_what_the_draws_were_made_from():
+    """A sampler that moves every step: the row's mean_probabilities, not its end-of-window distribution."""
+    sys.path.insert(0, str(STUDY))
+    from planted_analysis import weight_between
+
+    rows = [{"step": 0, "probabilities": {"shuffled_mlm": 0.2}},
+            {"step": 10, "probabilities": {"shuffled_mlm": 0.9}, "mean_probabilities": {"shuffled_mlm": 0.3}},
+            {"step": 20, "probabilities": {"shuffled_mlm": 0.9}, "mean_probabilities": {"shuffled_mlm": 0.5}}]
+    assert weight_between(rows, "shuffled_mlm", 0, 20) == pytest.approx(0.4)
 
 
 def test_planted_objective_corrupts_the_share_f_of_masked_targets(tokenizer):
