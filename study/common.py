@@ -133,3 +133,14 @@ def prepare_corpus(corpus: Path, tokenizer, *, objectives, max_seq_length: int, 
         dataset = tokenize_corpus(dataset, tokenizer, text_column="text", with_entities=with_entities)
         splits[split] = pack_sequences(dataset, tokenizer, block)
     return splits
+
+
+def write_generated_block(doc: Path, name: str, text: str) -> None:
+    """Replace what stands between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->`` in ``doc``."""
+    begin, end = f"<!-- BEGIN GENERATED: {name} -->", f"<!-- END GENERATED: {name} -->"
+    content = doc.read_text()
+    if content.count(begin) != 1 or content.count(end) != 1:
+        raise SystemExit(f"error: {doc}: expected one '{begin}' ... '{end}' block")
+    head, rest = content.split(begin)
+    _, tail = rest.split(end)
+    doc.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")

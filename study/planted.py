@@ -51,7 +51,8 @@ from pathlib import Path
 
 from datasets.fingerprint import Hasher
 
-from common import RESULTS_DIR, ROOT, STUDY_DIR, log, minilm_path, portable, read_json, wiki_corpus, write_json
+from common import (RESULTS_DIR, ROOT, STUDY_DIR, log, minilm_path, portable, read_json, wiki_corpus,
+                    write_generated_block, write_json)
 from planted_analysis import OBJECTIVES, PLANTED, analyse, markdown, plot_power, plot_weights, verdicts, weight_between
 
 __all__ = ["ARMS", "OBJECTIVES", "PLANTED", "TESTBEDS", "weight_between"]
@@ -397,6 +398,24 @@ def main(argv=None):
         plot_weights(results, folder.with_name(f"{folder.name}_weights_{testbed}_K{k}.png"), testbed=testbed, k=k)
     plot_power(report, folder.with_name(f"{folder.name}_power.png"))
     print(markdown(report))
+    if folder == OUT:  # the committed benchmark: the docs' blocks follow it
+        write_docs(read_json(folder.with_suffix(".json")), read_json(RESULTS_DIR / "sampler_model.json"))
+
+
+def write_docs(summary, power):
+    """The blocks of docs/study.md and the README that quote the benchmark, from its summary and the power analysis."""
+    from planted_analysis import markdown as tables
+    from planted_report import k8_markdown, readme_lines, verdict_markdown
+
+    study = ROOT / "docs" / "study.md"
+    write_generated_block(study, "planted-k8", k8_markdown(RESULTS_DIR / "planted"))
+    write_generated_block(study, "planted-benchmark", tables(summary["groups"]))
+    write_generated_block(study, "planted-verdict", verdict_markdown(summary, power))
+    if power is not None:
+        from sampler_model import power_table
+
+        write_generated_block(study, "planted-power", power_table(power))
+    write_generated_block(ROOT / "README.md", "readme-planted", readme_lines(summary, power))
 
 
 if __name__ == "__main__":

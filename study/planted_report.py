@@ -1,0 +1,153 @@
+"""The planted benchmark's words: the verdict paragraph of docs/study.md and the README's lines, written from
+``study/results/benchmark.json`` and ``study/results/sampler_model.json`` alone.
+
+Every number they print is read from those files, so the text changes when more runs land
+(``python study/planted.py --report_only --grid benchmark`` rewrites both blocks). A cell with fewer
+than 5 seeds, or an arm without its f = 0 control, is said to be missing, never passed.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from planted_analysis import ORDER
+
+RECIPE = "robust_mlm"
+#: What each arm is, in the words of the docs.
+ARM_NAMES = {
+    "uniform": "uniform (Ub)", "gradient": "Gb", "loss": "Lb", "paper": "the literal paper (`--paper_reward`)",
+    "robust_all": "MOMETAS, default reward", "robust_mlm": "the recipe (`--reward_objectives mlm`, λ = 3)",
+    "robust_mlm_lambda1": "the recipe at λ = 1", "exp3": "EXP3 on scale-free losses",
+    "exp3_raw": "EXP3 on raw losses (ODM)", "oracle": "the oracle",
+}
+
+
+def _mean(d, digits=3):
+    return "missing" if d is None else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f} (n = {d['n']})"
+
+
+def _paired(groups, a, b):
+    """Per shared seed: final MLM loss of group a minus group b; with the number of shared seeds."""
+    if a is None or b is None:
+        return None
+    by_seed = dict(zip(b["seeds"], b["final_mlm_loss_per_seed"]))
+    diffs = [x - by_seed[s] for s, x in zip(a["seeds"], a["final_mlm_loss_per_seed"]) if s in by_seed]
+    if not diffs:
+        return None
+    return {"mean": statistics.fmean(diffs), "std": statistics.pstdev(diffs) if len(diffs) > 1 else 0.0,
+            "n": len(diffs), "better": sum(d < 0 for d in diffs)}
+
+
+def _cells(groups):
+    return sorted({(g["testbed"], g["meta_length"]) for g in groups.values()
+                   if g["testbed"] in ("minilm", "minilm2k")}, key=lambda c: c[1])
+
+
+def verdict_markdown(summary: dict, power: dict | None) -> str:
+    """docs/study.md's reading of the planted benchmark: control, rivals, K = 100 and the power analysis."""
+    groups, verdicts = summary["groups"], summary.get("verdicts", {})
+    lines = []
+    for testbed, k in _cells(groups):
+        at = {(g["fraction"], g["arm"]): g for g in groups.values() if (g["testbed"], g["meta_length"]) == (testbed, k)}
+        recipe, uniform = at.get((1.0, RECIPE)), at.get((1.0, "uniform"))
+        lines.append(f"**{testbed}, K = {k}.**")
+        controls = sorted((arm for f, arm in at if f == 0.0), key=lambda a: ORDER.index(a) if a in ORDER else 99)
+        if controls:
+            lines.append("")
+            lines.append("* **The f = 0 control** (the planted objective a plain duplicate of MLM): "
+                         + "; ".join(f"{ARM_NAMES.get(arm, arm)} gave the duplicate "
+                                     f"{_mean(at[(0.0, arm)]['second_half_weight'])} against MLM's "
+                                     f"{_mean(at[(0.0, arm)]['second_half_weights'].get('mlm'))}, at least 0.15 in "
+                                     f"{at[(0.0, arm)]['seeds_at_least_0.15']} of {len(at[(0.0, arm)]['seeds'])} seeds"
+                                     for arm in controls) + ".")
+        else:
+            lines += ["", "* **The f = 0 control was not run here**: nothing below can tell detecting harm from "
+                      "favouring the rewarded objective."]
+        for (f, arm), g in sorted(at.items(), key=lambda x: ORDER.index(x[0][1]) if x[0][1] in ORDER else 99):
+            if f != 1.0 or arm in ("uniform", "oracle") or g["second_half_weight"] is None:
+                continue
+            vs_recipe = _paired(groups, g, recipe) if arm != RECIPE else None
+            text = (f"* {ARM_NAMES.get(arm, arm)}: planted weight {_mean(g['second_half_weight'])}, below 0.10 in "
+                    f"{g['seeds_below_0.10']} of {len(g['seeds'])} seeds; discrimination "
+                    f"{_mean(g['discrimination'])}; final MLM loss minus uniform's "
+                    f"{_mean(g['mlm_loss_minus_uniform'])}")
+            if vs_recipe is not None:
+                text += (f"; minus the recipe's {vs_recipe['mean']:+.3f} ± {vs_recipe['std']:.3f} on "
+                         f"{vs_recipe['n']} shared seeds (lower in {vs_recipe['better']})")
+            verdict = verdicts.get(f"{testbed}/K{k}/{arm}")
+            lines.append(text + (f". Verdict: **{verdict['verdict']}**." if verdict else "."))
+        oracle = at.get((1.0, "oracle"))
+        if oracle is not None and uniform is not None:
+            gap = _paired(groups, uniform, oracle)
+            if gap is not None:
+                lines.append(f"* What the harm costs: uniform's final MLM loss minus the oracle's "
+                             f"{gap['mean']:+.3f} ± {gap['std']:.3f} on {gap['n']} shared seeds; the recipe's regret "
+                             f"{_mean(recipe['regret']) if recipe else 'missing'}.")
+        lines.append("")
+    if power:
+        lines.append(power_sentence(power))
+    return "\n".join(lines).strip()
+
+
+def power_sentence(power: dict) -> str:
+    """What the paper's K needs, by the power analysis; or why it predicts nothing."""
+    from sampler_model import needed_updates
+
+    checks = "; ".join(f"the K = {c['meta_length']} fit {'reproduces' if c['reproduces'] else 'does not reproduce'} "
+                       f"{ARM_NAMES.get(c['arm'], c['arm'])} ({c['simulated']['second_half_mean']:.3f} simulated, "
+                       f"{c['measured']['second_half_mean']:.3f} measured over {len(c['measured']['seeds'])} seeds)"
+                       for c in power["checks"])
+    if not power["trusted_fits"]:
+        return f"**Power analysis.** {checks}: no fit reproduced its own runs, so the model predicts nothing."
+    needs = []
+    for name in power["trusted_fits"]:
+        for k in (25, 50, 100):
+            n = needed_updates(power, name, k)
+            needs.append(f"K = {k}: {n if n else 'more than 200'} ({name} fit)")
+    return (f"**Power analysis.** {checks}. Updates needed for the planted weight to fall below 0.10 in 4 of 5 "
+            f"seeds with probability 0.8: " + "; ".join(needs) + ".")
+
+
+def readme_lines(summary: dict, power: dict | None) -> str:
+    """At most 8 lines for the README: what the sampler does and does not detect, with numbers."""
+    groups, verdicts = summary["groups"], summary.get("verdicts", {})
+    recipe = groups.get(f"minilm/K25/f1/{RECIPE}")
+    control = groups.get(f"minilm/K25/f0/{RECIPE}")
+    lines = []
+    if recipe:
+        lines.append(f"- At K = 25 on MiniLM, the recipe (`--reward_objectives mlm`) drew a planted harmful objective "
+                     f"with weight {_mean(recipe['second_half_weight'])} over the second half (uniform: 0.20), "
+                     f"below 0.10 in {recipe['seeds_below_0.10']} of {len(recipe['seeds'])} seeds, and ended with an "
+                     f"MLM loss {_mean(recipe['mlm_loss_minus_uniform'])} against uniform's.")
+    if control:
+        lines.append(f"- The control: when the planted objective is a useful duplicate of MLM, the recipe keeps it at "
+                     f"{_mean(control['second_half_weight'])} (MLM: "
+                     f"{_mean(control['second_half_weights'].get('mlm'))}).")
+    else:
+        lines.append("- The control (a useful duplicate of MLM in its place) has not run yet, so the benchmark cannot "
+                     "yet tell detecting harm from favouring the rewarded objective.")
+    found = [v for v in verdicts.values() if v["testbed"] == "minilm" and v["meta_length"] == 25]
+    if found:
+        lines.append("- Verdicts at K = 25: " + "; ".join(f"{ARM_NAMES.get(v['arm'], v['arm'])}: {v['verdict']}"
+                                                          for v in sorted(found, key=lambda v: ORDER.index(v['arm'])
+                                                                          if v['arm'] in ORDER else 99)) + ".")
+    if power:
+        lines.append("- " + power_sentence(power).replace("**Power analysis.** ", "The paper's K = 100, by a model "
+                                                          "checked against these runs: "))
+    return "\n".join(lines[:8])
+
+
+def k8_markdown(folder) -> str:
+    """Section 2's table: the K = 8 study's runs (``study/results/planted/``), measured as the benchmark's."""
+    from pathlib import Path
+
+    from common import read_json
+    from planted_analysis import OBJECTIVES, analyse, markdown
+
+    runs = []
+    for path in sorted(Path(folder).glob("*.json")):
+        run = read_json(path)
+        # Those runs predate the benchmark's file format: their settings are the study's (400 steps, K = 8, f = 1).
+        runs.append({**run, "testbed": "minilm", "meta_length": 8, "fraction": 1.0,
+                     "objectives": run["rows"][0].get("objectives", OBJECTIVES), "settings": {"max_train_steps": 400}})
+    return markdown(analyse(runs)) if runs else "No runs."
