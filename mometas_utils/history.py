@@ -6,7 +6,8 @@ steps do not fill a window. A row holds ``step``, ``sampler``, ``objectives``,
 ``probabilities``, ``entropy``, ``reward`` (R(τ), null without one), ``reward_terms``,
 ``reward_floored``, ``advantage``, ``reward_baseline``, ``reward_scale``, ``val_loss``,
 ``train_loss`` (mean per objective over the window), ``counts`` and ``rollout`` (the draws of the
-window), ``tokens_seen`` (cumulative non-pad tokens per objective, all processes),
+window), ``mean_probabilities`` (the mean distribution the window's draws were made from; for a
+sampler that moves every step, such as exp3, what was really drawn from), ``tokens_seen`` (cumulative non-pad tokens per objective, all processes),
 ``meta_test_seconds``, ``elapsed_seconds``, ``learning_rate``, ``num_processes`` and, with several
 processes, ``process_rollouts``.
 
