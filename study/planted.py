@@ -396,27 +396,30 @@ def main(argv=None):
     learned = {(r["testbed"], r["meta_length"]) for r in results if r["arm"] not in ("uniform", "oracle")}
     for testbed, k in sorted(learned - {("minilm2k", 100)}):  # a figure of flat lines says nothing
         plot_weights(results, folder.with_name(f"{folder.name}_weights_{testbed}_K{k}.png"), testbed=testbed, k=k)
+    for testbed, k in sorted({(r["testbed"], r["meta_length"]) for r in results if r["fraction"] == 0}):
+        plot_weights(results, folder.with_name(f"{folder.name}_weights_{testbed}_K{k}_f0.png"), testbed=testbed, k=k,
+                     fraction=0.0)
     plot_power(report, folder.with_name(f"{folder.name}_power.png"))
     print(markdown(report))
     if folder == OUT:  # the committed benchmark: the docs' blocks follow it
-        write_docs(read_json(folder.with_suffix(".json")), read_json(RESULTS_DIR / "sampler_model.json"))
+        for (doc, name), text in generated_blocks().items():
+            write_generated_block(doc, name, text)
 
 
-def write_docs(summary, power):
-    """The blocks of docs/study.md and the README that quote the benchmark, from its summary and the power analysis."""
-    from planted_analysis import markdown as tables
+def generated_blocks():
+    """The blocks of docs/study.md and the README that quote the planted benchmark, from the committed
+    ``benchmark.json``, ``sampler_model.json`` and the K = 8 study's runs."""
     from planted_report import k8_markdown, readme_lines, verdict_markdown
+    from sampler_model import power_table
 
-    study = ROOT / "docs" / "study.md"
-    write_generated_block(study, "planted-k8", k8_markdown(RESULTS_DIR / "planted"))
-    write_generated_block(study, "planted-benchmark", tables(summary["groups"]))
-    write_generated_block(study, "planted-verdict", verdict_markdown(summary, power))
+    summary, power = read_json(OUT.with_suffix(".json")), read_json(RESULTS_DIR / "sampler_model.json")
+    blocks = {("docs/study.md", "planted-k8"): k8_markdown(RESULTS_DIR / "planted"),
+              ("docs/study.md", "planted-benchmark"): markdown(summary["groups"]),
+              ("docs/study.md", "planted-verdict"): verdict_markdown(summary, power),
+              ("README.md", "readme-planted"): readme_lines(summary, power)}
     if power is not None:
-        from sampler_model import power_table
-
-        write_generated_block(study, "planted-power", power_table(power))
-    write_generated_block(ROOT / "README.md", "readme-planted", readme_lines(summary, power))
-
+        blocks[("docs/study.md", "planted-power")] = power_table(power)
+    return blocks
 
 if __name__ == "__main__":
     main()
