@@ -39,9 +39,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The issue's figures on the shared 2-core machine, for the comparison printed with the table.
-ISSUE = {("cached", "none", 1): 475e3, ("streaming", "none", 1): 260e3, ("cached", "spacy", 1): 15.5e3,
-         ("cached", "spacy", 2): 17.2e3, ("streaming", "spacy", 1): 13.7e3}
 PAPER_TOKENS_PER_S = 512 * 256 * 50_000 / (12 * 3600)  # 8 V100s, 12 h
 
 
@@ -153,16 +150,14 @@ def table(args):
                           f"{pair[-1]['cpu_bound_tokens_per_s'] / pair[0]['cpu_bound_tokens_per_s']:.2f}x cpu-bound; "
                           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     print(f"\nPaper's consumption: {PAPER_TOKENS_PER_S:,.0f} tokens/s in total, {PAPER_TOKENS_PER_S / 8:,.0f} per GPU")
-    print("| path | tagging | processes | tokens/s (median) | cpu-bound tokens/s | issue's figure |")
-    print("|---|---|---|---|---|---|")
+    print("| path | tagging | processes | tokens/s (median) | cpu-bound tokens/s |")
+    print("|---|---|---|---|---|")
     keys = sorted({(r["path"], r["tagging"], r["procs"]) for r in results}, key=lambda k: (k[0], k[1], k[2]))
     for key in keys:
         rows = [r for r in results if (r["path"], r["tagging"], r["procs"]) == key]
         median = sorted(r["tokens_per_s"] for r in rows)[len(rows) // 2]
         bound = sorted(r["cpu_bound_tokens_per_s"] for r in rows)[len(rows) // 2]
-        issue = ISSUE.get(key)
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {median:,.0f} | {bound:,.0f} | "
-              f"{f'{issue:,.0f}' if issue else ''} |")
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {median:,.0f} | {bound:,.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     shutil.rmtree(workdir, ignore_errors=True)

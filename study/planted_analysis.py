@@ -15,7 +15,7 @@ For each group of runs (testbed, meta length K, corruption fraction f, arm), ove
   updates whose reward was exactly 0 (every term inside ``--reward_dead_zone``), and the planted
   weight's lowest point against its last (a weight that drifts back up once the signal fades).
 
-The bar (issue 14; ``_bar`` judges every K that has 5 seeds, so the recipe at K = 25 on MiniLM
+The bar (``_bar`` judges every K that has 5 seeds, so the recipe at K = 25 on MiniLM
 too): at K = 100, f = 1, a MOMETAS arm with a robust reward
 keeps the planted weight below 0.10 in at least 4 of 5 seeds with an MLM loss no worse than
 uniform's, and at f = 0 the same arm keeps the useful duplicate at or above 0.15 in at least 4
