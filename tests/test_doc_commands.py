@@ -7,7 +7,7 @@ Every fenced ``bash``/``sh``/``shell`` block is read as a reader would paste it:
 * each input path (a model, a data file or folder, a checkpoint) must be the output of an earlier
   command on the same page, a ``$VARIABLE`` set earlier on the page, a Hub id, or a placeholder
   of ``PLACEHOLDERS`` that the page explains;
-* every relative link with an anchor must point to a heading of its page.
+* every relative link to a #fragment must point to a heading of its page.
 
 Then the README's first hour runs end to end, the way transformers tests its doc examples: the
 demo, its ``--paper_reward`` rerun, the fine-tuning commands on local files, the Trainer example and
@@ -282,24 +282,24 @@ def test_every_input_is_made_earlier_on_the_page_or_is_a_placeholder(path):
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor for a Markdown heading."""
+    """the #fragment GitHub gives a Markdown heading."""
     text = re.sub(r"[`*_]", lambda m: "_" if m.group(0) == "_" else "", heading.strip().lower())
     text = "".join(c for c in text if c in " -_" or unicodedata.category(c)[0] in "LN")
     return text.replace(" ", "-")
 
 
 @pytest.mark.parametrize("path", _pages())
-def test_every_anchor_link_points_to_a_heading(path):
+def test_every_fragment_link_points_to_a_heading(path):
     broken = []
-    for target, anchor in re.findall(r"\]\(([^)\s#]*)#([^)\s]+)\)", path.read_text(encoding="utf-8")):
+    for target, fragment in re.findall(r"\]\(([^)\s#]*)#([^)\s]+)\)", path.read_text(encoding="utf-8")):
         page = (path.parent / target) if target else path
         if not page.is_file():
-            broken.append(f"{target}#{anchor}: no such page")
+            broken.append(f"{target}#{fragment}: no such page")
             continue
         headings = {slug(line.lstrip("#")) for line in page.read_text(encoding="utf-8").splitlines()
                     if re.match(r"^#{1,6} ", line)}
-        if anchor not in headings:
-            broken.append(f"{target or path.name}#{anchor}: no such heading")
+        if fragment not in headings:
+            broken.append(f"{target or path.name}#{fragment}: no such heading")
     assert not broken, "\n".join(broken)
 
 
