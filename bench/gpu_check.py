@@ -1,4 +1,4 @@
-"""The GPU day in one command (run it through bench/gpu_check.sh): what issue 16 could only reason about.
+"""The GPU checks in one command (run it through bench/gpu_check.sh): what a CPU cannot show about fp16, bf16, DDP and speed.
 
 On a machine with one or more CUDA GPUs, in under 10 minutes:
 

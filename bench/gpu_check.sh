@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU day in one command: fp16 and bf16 five-objective pre-training with --skip_nonfinite_steps
+# The GPU checks in one command: fp16 and bf16 five-objective pre-training with --skip_nonfinite_steps
 # (a NaN step planted), Gb under fp16, DDP on 2 GPUs when there are 2, and bench/bench_gpu.py, in
 # under 10 minutes; then one table (pass/fail, tokens/s, ratio to the MLM loop, MFU). The work is
 # done by bench/gpu_check.py; see docs/gpu.md.

@@ -86,6 +86,41 @@ def portable(value, paths: dict[str, str] | None = None):
     return value
 
 
+# Tables and figures quoted in the docs are written by the command that makes their results, between
+# these markers; tests/test_generated_docs.py regenerates every block from the committed JSON.
+GENERATED = re.compile(r"<!-- BEGIN GENERATED: (?P<name>[\w.-]+) -->\n(?P<text>.*?)<!-- END GENERATED: (?P=name) -->",
+                       re.DOTALL)
+
+
+def generated_blocks_in(doc_path) -> dict[str, str]:
+    """Every generated block of a Markdown file: name -> the text between its markers."""
+    return {m["name"]: m["text"] for m in GENERATED.finditer(Path(doc_path).read_text(encoding="utf-8"))}
+
+
+def write_generated_block(doc_path, name: str, text: str) -> bool:
+    """Put ``text`` between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->`` in
+    ``doc_path`` (relative paths are the repository's). The markers must be there already: where a block
+    goes is the page's choice. Returns whether the file changed."""
+    path = Path(doc_path) if Path(doc_path).is_absolute() else ROOT / doc_path
+    old = path.read_text(encoding="utf-8")
+    body = text.rstrip("\n") + "\n"
+    found = [m for m in GENERATED.finditer(old) if m["name"] == name]
+    if len(found) != 1:
+        raise ValueError(f"{doc_path}: expected one pair of markers for the generated block {name!r}, found {len(found)}")
+    m = found[0]
+    new = old[:m.start("text")] + body + old[m.end("text"):]
+    if new != old:
+        path.write_text(new, encoding="utf-8")
+    return new != old
+
+
+def write_generated_blocks(blocks: dict) -> None:
+    """``{(doc path, block name): text}``, as the ``generated_blocks()`` of a study or bench script returns."""
+    for (doc, name), text in blocks.items():
+        changed = write_generated_block(doc, name, text)
+        log(f"{doc}: block {name} {'rewritten' if changed else 'unchanged'}")
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -134,13 +169,3 @@ def prepare_corpus(corpus: Path, tokenizer, *, objectives, max_seq_length: int, 
         splits[split] = pack_sequences(dataset, tokenizer, block)
     return splits
 
-
-def write_generated_block(doc: Path, name: str, text: str) -> None:
-    """Replace what stands between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->`` in ``doc``."""
-    begin, end = f"<!-- BEGIN GENERATED: {name} -->", f"<!-- END GENERATED: {name} -->"
-    content = doc.read_text()
-    if content.count(begin) != 1 or content.count(end) != 1:
-        raise SystemExit(f"error: {doc}: expected one '{begin}' ... '{end}' block")
-    head, rest = content.split(begin)
-    _, tail = rest.split(end)
-    doc.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")

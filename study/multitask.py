@@ -2,7 +2,7 @@
 """Tasks as objectives: MOMETAS against uniform and size-proportional task sampling in multi-task GLUE fine-tuning.
 
     python study/multitask.py                 # 3 samplers x 2 seeds on MiniLM; see docs/multitask.md for the cost
-    python study/multitask.py --report_only   # the table and figure from the cached runs
+    python study/multitask.py --report_only   # the table and figure from the cached runs, and docs/multitask.md's block
 
 Every run is ``examples/multitask_glue.py`` on the offline MiniLM with the shared slices of SST-2,
 MRPC, RTE, CoLA and STS-B, with the same steps, batches and learning rate; only ``--sampler`` and
@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS_DIR, ROOT, STUDY_DIR, data_dir, log, minilm_path, read_json, write_json
+from common import RESULTS_DIR, ROOT, STUDY_DIR, data_dir, log, minilm_path, read_json, write_generated_blocks, write_json
 
 SCRIPT = "examples/multitask_glue.py"
 TASKS = ["sst2", "mrpc", "rte", "cola", "stsb"]
@@ -315,6 +315,11 @@ def plot(summary, path: Path):
     fig.savefig(path, dpi=100)
 
 
+def generated_blocks(results=RESULTS_DIR / "multitask.json") -> dict:
+    """The blocks of the docs that quote ``study/results/multitask.json``: {(doc, block name): text}."""
+    return {("docs/multitask.md", "multitask-results"): markdown(read_json(results))}
+
+
 def main(argv=None):
     args = parse_args(argv)
     paths = Paths(args)
@@ -338,6 +343,8 @@ def main(argv=None):
     text = markdown(summary)
     (paths.results / f"{args.name}.md").write_text(text + "\n")
     print(text)
+    if args.name == "multitask" and paths.results.resolve() == RESULTS_DIR.resolve():
+        write_generated_blocks(generated_blocks())
     log(f"done: {len(runs)} runs, {summary['cpu_hours']:.2f} CPU hours")
     return 0
 

@@ -108,32 +108,54 @@ def power_sentence(power: dict) -> str:
             f"seeds with probability 0.8: " + "; ".join(needs) + ".")
 
 
+SECTION3 = "docs/study.md#3-the-planted-benchmark-the-control-the-rivals-and-the-papers-k"
+
+
+def _short(d):
+    return "missing" if d is None else f"{d['mean']:.3f} (n = {d['n']})"
+
+
 def readme_lines(summary: dict, power: dict | None) -> str:
     """At most 8 lines for the README: what the sampler does and does not detect, with numbers."""
     groups, verdicts = summary["groups"], summary.get("verdicts", {})
     recipe = groups.get(f"minilm/K25/f1/{RECIPE}")
     control = groups.get(f"minilm/K25/f0/{RECIPE}")
-    lines = []
+    uniform0 = groups.get("minilm/K25/f0/uniform")
+    lines = [f"- The planted benchmark ([§2–3]({SECTION3})): a harmful objective (MLM on another row's targets) "
+             "beside MLM, CSE, ATD and DTD, on MiniLM."]
     if recipe:
-        lines.append(f"- At K = 25 on MiniLM, the recipe (`--reward_objectives mlm`) drew a planted harmful objective "
-                     f"with weight {_mean(recipe['second_half_weight'])} over the second half (uniform: 0.20), "
-                     f"below 0.10 in {recipe['seeds_below_0.10']} of {len(recipe['seeds'])} seeds, and ended with an "
-                     f"MLM loss {_mean(recipe['mlm_loss_minus_uniform'])} against uniform's.")
+        lines.append(f"- At K = 25 the recipe (`--reward_objectives mlm`) drew it with weight "
+                     f"{_short(recipe['second_half_weight'])} over the second half (uniform 0.20), below 0.10 in "
+                     f"{recipe['seeds_below_0.10']} of {len(recipe['seeds'])} seeds; final MLM loss minus uniform's "
+                     f"{_short(recipe['mlm_loss_minus_uniform'])}.")
     if control:
-        lines.append(f"- The control: when the planted objective is a useful duplicate of MLM, the recipe keeps it at "
-                     f"{_mean(control['second_half_weight'])} (MLM: "
-                     f"{_mean(control['second_half_weights'].get('mlm'))}).")
+        lines.append(f"- Control, the same objective as a useful duplicate of MLM: the recipe kept it at "
+                     f"{_short(control['second_half_weight'])}, MLM at "
+                     f"{_short(control['second_half_weights'].get('mlm'))}"
+                     + (f" (uniform: {_short(uniform0['second_half_weight'])})" if uniform0 else "") + ".")
     else:
-        lines.append("- The control (a useful duplicate of MLM in its place) has not run yet, so the benchmark cannot "
-                     "yet tell detecting harm from favouring the rewarded objective.")
-    found = [v for v in verdicts.values() if v["testbed"] == "minilm" and v["meta_length"] == 25]
-    if found:
-        lines.append("- Verdicts at K = 25: " + "; ".join(f"{ARM_NAMES.get(v['arm'], v['arm'])}: {v['verdict']}"
-                                                          for v in sorted(found, key=lambda v: ORDER.index(v['arm'])
-                                                                          if v['arm'] in ORDER else 99)) + ".")
-    if power:
-        lines.append("- " + power_sentence(power).replace("**Power analysis.** ", "The paper's K = 100, by a model "
-                                                          "checked against these runs: "))
+        lines.append("- Its control (a useful duplicate of MLM in its place) has not run, so harm detection is not "
+                     "yet told apart from favouring the rewarded objective.")
+    rivals = [g for g in groups.values() if (g["testbed"], g["meta_length"], g["fraction"]) == ("minilm", 25, 1.0)
+              and g["arm"] in ("exp3", "exp3_raw", "gradient", "loss", "paper")]
+    if rivals:
+        lines.append("- Rivals at K = 25, planted weight: " + "; ".join(
+            f"{ARM_NAMES.get(g['arm'], g['arm'])} {_short(g['second_half_weight'])}"
+            for g in sorted(rivals, key=lambda g: ORDER.index(g["arm"]))) + ".")
+    concluded = [v for v in verdicts.values() if not v["verdict"].startswith("not concluded")]
+    lines.append("- Verdicts: " + ("; ".join(f"{ARM_NAMES.get(v['arm'], v['arm'])} at K = {v['meta_length']}: "
+                                             f"{v['verdict']}" for v in concluded)
+                                   if concluded else "none yet (an arm needs 5 seeds at f = 1 and at f = 0).") )
+    if power and power.get("trusted_fits"):
+        from sampler_model import needed_updates
+
+        fit = "K100" if "K100" in power["trusted_fits"] else power["trusted_fits"][0]
+        n = needed_updates(power, fit, 100)
+        testbed = next((g["updates"] for g in groups.values() if (g["testbed"], g["meta_length"]) == ("minilm2k", 100)),
+                       None)
+        lines.append(f"- At the paper's K = 100 a model checked against these runs needs "
+                     f"{n if n else 'more than 200'} updates for 4 of 5 seeds below 0.10"
+                     + (f"; the K = 100 testbed has {testbed}." if testbed else "."))
     return "\n".join(lines[:8])
 
 

@@ -17,8 +17,10 @@ computes, for each reward configuration:
 
     python study/reward_noise.py                  # about an hour on 2 free CPU cores
     python study/reward_noise.py --tiny           # seconds, for the tests
+    python study/reward_noise.py --report_only    # the table in docs/study.md from the committed JSON
 
-Writes ``study/results/reward_noise.json`` and prints the table that ``docs/study.md`` holds.
+Writes ``study/results/reward_noise.json``, prints the table and writes it into ``docs/study.md``
+(block ``study-reward-noise``) when the results are the committed ones.
 It saves its state at every meta-test (``study/cache/reward_noise/``): run again, it continues
 from the last one (the later training batches are then drawn anew, which the statistics do not
 mind).
@@ -29,10 +31,11 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+from pathlib import Path
 
 import torch
 
-from common import RESULTS_DIR, log, minilm_path, prepare_corpus, read_json, write_json
+from common import RESULTS_DIR, log, minilm_path, prepare_corpus, read_json, write_generated_blocks, write_json
 
 OBJECTIVES = ["mlm", "cse", "atd", "dtd", "emlm"]
 # stream: (fixed set?, seed offset, batches: None = --eval_batches)
@@ -55,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--output", default=str(RESULTS_DIR / "reward_noise.json"))
     p.add_argument("--state", default=None, help="Resumable state (default: study/cache/<output name>.pt).")
     p.add_argument("--tiny", action="store_true", help="A tiny random BERT and a few steps (tests).")
+    p.add_argument("--report_only", action="store_true",
+                   help="Measure nothing: print the table of --output and write it into docs/study.md.")
     return p.parse_args(argv)
 
 
@@ -255,14 +260,28 @@ def markdown(analysis) -> str:
     return "\n".join(lines)
 
 
+COMMITTED = RESULTS_DIR / "reward_noise.json"
+
+
+def generated_blocks(results=COMMITTED) -> dict:
+    """The blocks of the docs that quote ``study/results/reward_noise.json``: {(doc, block name): text}."""
+    analysis = read_json(results)["analysis"]
+    return {("docs/study.md", "study-reward-noise"): markdown(analysis)}
+
+
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    from pathlib import Path
-
     output = Path(args.output)
+    if args.report_only:
+        if not output.is_file():
+            raise SystemExit(f"error: --output {output}: no results to report")
+        print(markdown(analyse(read_json(output)["measured"])))
+        if output.resolve() == COMMITTED.resolve():
+            write_generated_blocks(generated_blocks())
+        return
+    torch.set_num_threads(max(1, torch.get_num_threads()))
     cached = read_json(output)
-    settings = {k: v for k, v in vars(args).items() if k not in ("output", "state")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("output", "state", "report_only")}
     if cached and cached.get("settings") == settings:
         log(f"{output} is up to date; delete it to measure again")
         measured = cached["measured"]
@@ -273,6 +292,8 @@ def main(argv=None):
     analysis = analyse(measured)
     write_json(output, {"settings": settings, "measured": measured, "analysis": analysis})
     print(markdown(analysis))
+    if output.resolve() == COMMITTED.resolve():
+        write_generated_blocks(generated_blocks())
 
 
 if __name__ == "__main__":

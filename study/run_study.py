@@ -33,7 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS_DIR, ROOT, STUDY_DIR, data_dir, log, minilm_path, portable, read_json, wiki_corpus, write_json
+from common import (RESULTS_DIR, ROOT, STUDY_DIR, data_dir, log, minilm_path, portable, read_json, wiki_corpus,
+                    write_generated_blocks, write_json)
 
 SAMPLERS = ["uniform", "gradient", "loss", "mometas"]
 LABELS = {"base": "MiniLM (no continual pre-training)", "uniform": "Ub", "gradient": "Gb", "loss": "Lb",
@@ -328,6 +329,82 @@ def plot(args, pretrained, summary, prefix: Path):
     fig.savefig(f"{prefix}_reward.png", dpi=110)
 
 
+# ------------------------------------------------------------------------------- the docs' blocks
+
+# The results that docs/study.md quotes: name -> (block, the results it is compared with).
+DOC_BLOCKS = {"study_cpu-small": "study-cpu-small", "study_cpu-small_headwarmup": "study-cpu-small-headwarmup"}
+
+
+def _committed(name):
+    summary = read_json(RESULTS_DIR / f"{name}.json")
+    runs = {p.stem: read_json(p) for p in sorted((RESULTS_DIR / name).glob("*.json"))}
+    return summary, runs
+
+
+def _cpu_small_block() -> str:
+    summary, runs = _committed("study_cpu-small")
+    args = argparse.Namespace(tasks=summary["tasks"], samplers=[m for m in summary["summary"]["table"] if m != "base"])
+    lines = [markdown(args, summary["summary"]), ""]
+    updates = {}
+    for run in runs.values():
+        if run.get("task") and run.get("metrics"):
+            updates.setdefault(run["task"], set()).add(run["metrics"].get("train_steps"))
+    lines.append("Fine-tuning updates per run (batch 32, the first 1,000 training examples, 2 epochs): "
+                 + ", ".join(f"{TASKS[t][2].split(' (')[0]} {'/'.join(map(str, sorted(updates[t])))}"
+                             for t in args.tasks if t in updates) + ".")
+    final = summary["summary"]["final_val_loss"]
+    lines.append("Final MLM validation loss (mean ± std over seeds; every sampler meta-tests the same fixed batches): "
+                 + ", ".join(f"{final[s]['mlm']['mean']:.3f} ± {final[s]['mlm']['std']:.3f} ({LABELS[s]})"
+                             for s in args.samplers if final.get(s, {}).get("mlm")) + ".")
+    last = []
+    for s in args.samplers:
+        ends = [f"{curve[1][-1]:.2f}" for curve in summary["summary"]["cumulative_reward"][s] if curve[1]]
+        last.append(f"{LABELS[s]} {', '.join(ends)}")
+    step = max(curve[0][-1] for s in args.samplers for curve in summary["summary"]["cumulative_reward"][s] if curve[0])
+    lines.append(f"Cumulative reward at step {step}, per seed: " + "; ".join(last) + ".")
+    lines.append(f"Run time: {summary['run_seconds'] / 3600:.2f} h of runs on one core.")
+    return "\n".join(lines)
+
+
+def _headwarmup_block() -> str:
+    plain, _ = _committed("study_cpu-small")
+    warm, _ = _committed("study_cpu-small_headwarmup")
+    tasks, seeds = warm["tasks"], warm["seeds"]
+    samplers = [m for m in warm["summary"]["table"] if m != "base"]
+
+    def row(label, scores, models):
+        per_task = {t: [100 * scores[f"{m}/{t}"] for m in models if scores.get(f"{m}/{t}") is not None] for t in tasks}
+        averages = [statistics.fmean(100 * scores[f"{m}/{t}"] for t in tasks) for m in models
+                    if all(scores.get(f"{m}/{t}") is not None for t in tasks)]
+
+        def cell(xs, bold=False):
+            if not xs:
+                return "–"
+            text = f"{statistics.fmean(xs):.1f}" if len(models) == 1 else \
+                f"{statistics.fmean(xs):.1f} ({statistics.pstdev(xs):.1f})"
+            return f"**{text}**" if bold else text
+
+        return f"| {label} | " + " | ".join(cell(per_task[t]) for t in tasks) + f" | {cell(averages, bold=label.endswith('`'))} |"
+
+    warmup = warm["extra_pretrain"].split("--head_warmup_steps")[1].split()[0]
+    lines = ["| model | " + " | ".join(TASKS[t][2] for t in tasks) + " | Avg |", "|---" * (len(tasks) + 2) + "|",
+             row(LABELS["base"], plain["finetune_scores"], ["base"])]
+    for s in samplers:
+        lines.append(row(f"{LABELS[s]}, no warm-up", plain["finetune_scores"], [f"{s}_seed{seed}" for seed in seeds]))
+    for s in samplers:
+        lines.append(row(f"{LABELS[s]}, `--head_warmup_steps {warmup}`", warm["finetune_scores"],
+                         [f"{s}_seed{seed}" for seed in seeds]))
+    lines += ["", f"Mean (std) over seeds {', '.join(map(str, seeds))}; the rows without warm-up are those seeds of "
+              f"`study_cpu-small`. Run time: {warm['run_seconds'] / 3600:.2f} h of runs on one core."]
+    return "\n".join(lines)
+
+
+def generated_blocks() -> dict:
+    """The blocks of the docs that quote the committed study results: {(doc, block name): text}."""
+    return {("docs/study.md", DOC_BLOCKS["study_cpu-small"]): _cpu_small_block(),
+            ("docs/study.md", DOC_BLOCKS["study_cpu-small_headwarmup"]): _headwarmup_block()}
+
+
 def main(argv=None):
     args = parse_args(argv)
     preset = PRESETS[args.preset]
@@ -364,6 +441,8 @@ def main(argv=None):
     })
     plot(args, pretrained, summary, RESULTS_DIR / args.name)
     print(markdown(args, summary))
+    if args.name in DOC_BLOCKS:
+        write_generated_blocks(generated_blocks())
     log(f"done: {len(pretrained)} pre-training and {len(finetuned)} fine-tuning runs, {seconds / 3600:.2f} h of runs")
     return 0 if math.isfinite(seconds) else 1
 

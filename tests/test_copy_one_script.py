@@ -9,6 +9,7 @@ the argv of a tiny run (without --output_dir).
 """
 
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -56,6 +57,34 @@ def test_imports_only_installed_packages(script):
     assert imported <= ALLOWED, imported - ALLOWED
 
 
+# The entries of the interpreter's sys.path that would import from the repository: the repository itself
+# or a folder inside it. A virtual environment may live inside the clone (``python -m venv .venv``); its
+# own folders (under sys.prefix) hold installed packages, not the repository's files, and are allowed.
+PROBE = """
+import json, os, sys
+print(json.dumps({"path": [os.path.realpath(p or ".") for p in sys.path], "prefix": os.path.realpath(sys.prefix)}))
+"""
+
+
+def repository_entries_on_path(cwd, env):
+    probe = subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, env=env, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout)
+    root, prefix = os.path.realpath(REPO_ROOT), found["prefix"]
+
+    def inside(path, folder):
+        return path == folder or path.startswith(folder + os.sep)
+
+    return [p for p in found["path"] if inside(p, root) and not inside(p, prefix)]
+
+
+def test_the_probe_sees_the_repository_on_the_path(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    assert not repository_entries_on_path(tmp_path, env)
+    assert repository_entries_on_path(tmp_path, {**env, "PYTHONPATH": str(REPO_ROOT)}) == [os.path.realpath(REPO_ROOT)]
+    assert repository_entries_on_path(tmp_path, {**env, "PYTHONPATH": str(REPO_ROOT / "examples")})
+
+
 @pytest.mark.parametrize("script", list(CASES))
 def test_a_copied_script_runs_alone(script, tmp_path):
     alone, data, blocker = tmp_path / "alone", tmp_path / "data", tmp_path / "blocker" / "mometas_utils"
@@ -72,8 +101,7 @@ def test_a_copied_script_runs_alone(script, tmp_path):
         return subprocess.run([sys.executable, script, *map(str, args)], cwd=alone, env=env, capture_output=True,
                               text=True, timeout=600)  # fmt: skip
 
-    probe = subprocess.run([sys.executable, "-c", "import sys; print(sys.path)"], cwd=alone, env=env, capture_output=True, text=True)
-    assert str(REPO_ROOT) not in probe.stdout
+    assert not repository_entries_on_path(alone, env)
     help_ = run("--help")
     assert help_.returncode == 0 and "--model_name_or_path MODEL_NAME_OR_PATH" in help_.stdout and "(default:" in help_.stdout
     proc = run(*argv, "--output_dir", "out")

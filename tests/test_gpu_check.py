@@ -1,4 +1,4 @@
-"""bench/gpu_check.sh, the GPU day's one command, as far as a CPU can check it.
+"""bench/gpu_check.sh, the GPU checks in one command, as far as a CPU can check it.
 
 No GPU here: the script must stop with one line, plan every check for 1 and 2 GPUs, rehearse
 the fp16 skip on CPU through the same code (a CPU GradScaler), and judge runs by what they wrote.

@@ -312,7 +312,7 @@ def test_files_without_task_csv_json_and_column_keys(tiny_ft_model, tmp_path):
 
 
 def test_mometas_folder_fine_tunes_into_a_folder_that_loads_anywhere(tiny_ft_model, tmp_path):
-    """Issue 8 bug: the fine-tuned folder kept auto_map but not the *_mometas.py files it points at."""
+    """A fine-tuned folder must not keep auto_map pointing at *_mometas.py files it does not hold."""
     import torch
     from transformers import AutoTokenizer
 

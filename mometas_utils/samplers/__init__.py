@@ -27,7 +27,7 @@ a uniform run's reward curve can be compared with MOMETAS's (Figure 3); only MOM
 learns from it. The reward itself (Eq. 3 and its guards) lives in :mod:`mometas_utils.rewards`.
 
 Files: ``base.py`` (the interface, registry and factory), ``rule_based.py`` (Ub, Gb, Lb,
-fixed), ``mometas.py`` (the meta-sampler), ``exp3.py`` (the online-data-mixing anchor). A new strategy is one subclass of
+fixed), ``mometas.py`` (the meta-sampler), ``exp3.py`` (Online Data Mixing's bandit, to compare against). A new strategy is one subclass of
 :class:`ObjectiveSampler` decorated with :func:`register_sampler`.
 """
 
