@@ -58,6 +58,13 @@ from mometas_utils.history import HistoryWriter, drop_superseded, read_history, 
 from mometas_utils.hub import BackgroundUploads, HubPushError, check_repo_id, prepare_repo, push_folder
 from mometas_utils.meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
 from mometas_utils.modeling_mometas import MometasForPreTraining
+from mometas_utils.nonfinite import (
+    NONFINITE_EXIT_CODE,
+    NonFiniteError,
+    check_finite_weights,
+    failure_message,
+    skip_or_stop,
+)
 from mometas_utils.objectives import OBJECTIVES, PadCollator, build_objectives, objective_heads, parse_objectives
 from mometas_utils.outputs import (
     ARGS_FILENAME,
@@ -67,7 +74,7 @@ from mometas_utils.outputs import (
     run_outputs,
 )
 from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS
-from mometas_utils.parallel import check_parallel_support, local_tensor, loss_scaled, to_device
+from mometas_utils.parallel import check_parallel_support, loss_scaled, to_device
 from mometas_utils.preprocess import (
     SequenceBuilder,
     StreamingSequences,
@@ -704,43 +711,10 @@ def write_history_row(accelerator, history, tracker, sampler, *, step, update, v
     return row
 
 
-class NonFiniteError(RuntimeError):
-    """Training produced NaN or infinity at ``step``: the run stops without saving a model.
-
-    ``skips_spent``: a non-finite step came after --skip_nonfinite_steps N (N > 0) had been used up.
-    """
-
-    def __init__(self, message, step, skips_spent=False):
-        super().__init__(message)
-        self.step = step
-        self.skips_spent = skips_spent
-
-
 def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
     """True when this step must be skipped; raises NonFiniteError once --skip_nonfinite_steps is spent."""
-    grad_norm = None if grad_norm is None else float(grad_norm)
-    # Under fp16 an infinite gradient is the loss scaler's business: it skips the step and lowers the scale.
-    bad = f"loss {loss}" if not math.isfinite(loss) else (
-        f"gradient norm {grad_norm}" if grad_norm is not None and not fp16 and not math.isfinite(grad_norm) else None)
-    if bad is None:
-        return False
-    if tracker.skipped_steps < args.skip_nonfinite_steps:
-        tracker.skipped_steps += 1
-        logger.warning(f"step {step} (objective {objective}): {bad}; skipped ({tracker.skipped_steps} of "
-                       f"--skip_nonfinite_steps {args.skip_nonfinite_steps})")
-        return True
-    raise NonFiniteError(f"step {step} (objective {objective}): {bad}", step, skips_spent=args.skip_nonfinite_steps > 0)
-
-
-def check_finite_weights(accelerator, model, step, objective):
-    """Non-finite weights stop the run before they reach a checkpoint or the output (a collective).
-
-    Each process checks the weights it holds: everything under DDP, its shards under FSDP, its
-    partition under ZeRO-3 (where the parameters themselves are empty placeholders).
-    """
-    bad = sum(int(not torch.isfinite(local_tensor(p)).all()) for p in model.parameters())
-    if accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum").item():
-        raise NonFiniteError(f"step {step} (objective {objective}): the weights hold NaN or infinity", step)
+    return skip_or_stop(tracker, limit=args.skip_nonfinite_steps, step=step, objective=objective, loss=loss,
+                        grad_norm=grad_norm, loss_scaled=fp16, warn=logger.warning)
 
 
 def checkpoint_marker(args, num_processes, epoch, batches_in_epoch):
@@ -1071,16 +1045,9 @@ def main(argv=None):
     except NonFiniteError as error:
         # Checkpoints after the failing step belong to a run this one replaced (it resumed before them).
         last = [path for path in complete_checkpoints(args.output_dir) if checkpoint_step(path) < error.step]
-        kept = f"the last good checkpoint is {last[-1]}" if last else "there is no checkpoint"
-        if error.skips_spent:
-            advice = (f"all {args.skip_nonfinite_steps} steps --skip_nonfinite_steps allows were already skipped; "
-                      "lower --learning_rate or raise --skip_nonfinite_steps")
-        elif args.skip_nonfinite_steps:  # the weights went non-finite: no skip would have caught that step
-            advice = "lower --learning_rate"
-        else:
-            advice = "lower --learning_rate or pass --skip_nonfinite_steps N to skip such steps"
-        print(f"error: {error}; no model was saved and {kept}; {advice}", file=sys.stderr)
-        sys.exit(1)
+        message = failure_message(error, skip_limit=args.skip_nonfinite_steps, last_checkpoint=last[-1] if last else None)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(NONFINITE_EXIT_CODE)
     except HubPushError as error:
         print(f"error: --push_to_hub: {error}", file=sys.stderr)
         sys.exit(1)
