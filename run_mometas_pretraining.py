@@ -978,6 +978,7 @@ def train(args, hub_token=None):
                 # The warm-up ends: everything trains from now on, and the sampler's first meta-test
                 # gives the baselines b_i its first reward is measured against.
                 set_encoder_trainable(accelerator.unwrap_model(model), True)
+                getattr(lr_scheduler, "scheduler", lr_scheduler).end_warmup()  # the schedule's phase too
                 val_losses, seconds = (meta_test_losses(model, splits["validation"], eval_collators, args,
                                                         completed_steps, accelerator, pad) if run_meta_test else (None, None))
                 row(completed_steps, sampler.update(val_losses), val_losses, seconds, extra={"head_warmup_end": True})
