@@ -463,6 +463,13 @@ def run_settings(args, num_processes):
             "tokenizer": args.tokenizer_name or args.model_name_or_path, "num_processes": num_processes}
 
 
+def check_launch(accelerator, args):
+    """What this launch (DeepSpeed, FSDP, ...) cannot run, refused before anything loads (MometasTrainer refuses
+    the same, with the same words)."""
+    check_parallel_support(accelerator, sampler=args.sampler, skip_nonfinite_steps=args.skip_nonfinite_steps,
+                           max_grad_norm=args.max_grad_norm, head_warmup_steps=args.head_warmup_steps)
+
+
 def resolve_resume(args, num_processes):
     """The checkpoint to resume from and its marker, checked for integrity and against this run's settings."""
     if args.resume_from_checkpoint is None:
@@ -806,8 +813,7 @@ def train(args, hub_token=None):
         transformers.utils.logging.set_verbosity_error()
     if args.with_tracking and args.report_to != "all" and len(accelerator.log_with) < len(args.report_to.split(",")):
         raise MometasInputError(f"--report_to {args.report_to}: not every tracker is installed")
-    check_parallel_support(accelerator, sampler=args.sampler, skip_nonfinite_steps=args.skip_nonfinite_steps,
-                           max_grad_norm=args.max_grad_norm, head_warmup_steps=args.head_warmup_steps)
+    check_launch(accelerator, args)
 
     resume_path, marker = resolve_resume(args, accelerator.num_processes)
     check_output_dir(args, resume_path)
