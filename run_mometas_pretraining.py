@@ -73,7 +73,7 @@ from mometas_utils.outputs import (
     clear_run_outputs,
     run_outputs,
 )
-from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS
+from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS, apply_paper_reward
 from mometas_utils.parallel import check_parallel_support, loss_scaled, to_device
 from mometas_utils.preprocess import (
     SequenceBuilder,
@@ -85,7 +85,6 @@ from mometas_utils.preprocess import (
     sequence_block,
 )
 from mometas_utils.plots import plot_history
-from mometas_utils.rewards import PAPER_REWARD
 from mometas_utils.samplers import SAMPLERS, build_sampler
 from mometas_utils.scrub import pop_hub_token, public_args
 from mometas_utils.tracker import StepTracker
@@ -281,9 +280,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     typed = typed_dests(argv, given)
     if args.paper_reward:
-        for key, value in {**PAPER_REWARD, "meta_eval_fixed": False}.items():
-            if key not in typed:
-                setattr(args, key, value)
+        apply_paper_reward(args, typed)
     if args.demo:
         apply_demo_defaults(args, typed)
     return args
