@@ -37,8 +37,8 @@ from .plots import plot_history
 from .samplers import build_sampler
 from .tracker import StepTracker
 from .trainer_support import (REWARD_FIELDS, STATE_FILENAME, check_resume_processes, check_trainer_args,
-                              check_trainer_launch, gate_optimizer_step, history_row, load_process_state, save_process_state,
-                              tracker_logs)
+                              check_trainer_launch, gate_optimizer_step, history_row, load_process_state,
+                              save_process_state, tracker_logs)
 
 logger = logging.get_logger(__name__)
 
