@@ -243,10 +243,10 @@ def sequences(args, tokenizer, objectives, seed):
         validation = materialise(builder(reread(raw["validation"])), builder)
     else:
         train, validation = builder(raw["train"]), builder(raw["validation"])
-    for split, name in ((train, "training"), (validation, "validation")):
-        if not args.streaming or split is validation:
-            if len(split) == 0:
-                raise MometasInputError(f"{source} gives no {name} sequence of at least 8 tokens")
+    sized = {"validation": validation} if args.streaming else {"training": train, "validation": validation}
+    for name, split in sized.items():
+        if len(split) == 0:
+            raise MometasInputError(f"{source} gives no {name} sequence of at least 8 tokens")
     return train, validation
 
 
