@@ -58,6 +58,13 @@ from mometas_utils.history import HistoryWriter, drop_superseded, read_history, 
 from mometas_utils.hub import BackgroundUploads, HubPushError, check_repo_id, prepare_repo, push_folder
 from mometas_utils.meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
 from mometas_utils.modeling_mometas import MometasForPreTraining
+from mometas_utils.nonfinite import (
+    NONFINITE_EXIT_CODE,
+    NonFiniteError,
+    check_finite_weights,
+    failure_message,
+    skip_or_stop,
+)
 from mometas_utils.objectives import OBJECTIVES, PadCollator, build_objectives, objective_heads, parse_objectives
 from mometas_utils.outputs import (
     ARGS_FILENAME,
@@ -66,8 +73,8 @@ from mometas_utils.outputs import (
     clear_run_outputs,
     run_outputs,
 )
-from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS
-from mometas_utils.parallel import check_parallel_support, local_tensor, loss_scaled, to_device
+from mometas_utils.paper import PRETRAINING_HPARAMS, SAMPLER_DEFAULTS, apply_paper_reward
+from mometas_utils.parallel import check_parallel_support, loss_scaled, to_device
 from mometas_utils.preprocess import (
     SequenceBuilder,
     StreamingSequences,
@@ -78,7 +85,6 @@ from mometas_utils.preprocess import (
     sequence_block,
 )
 from mometas_utils.plots import plot_history
-from mometas_utils.rewards import PAPER_REWARD
 from mometas_utils.samplers import SAMPLERS, build_sampler
 from mometas_utils.scrub import pop_hub_token, public_args
 from mometas_utils.tracker import StepTracker
@@ -274,9 +280,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     typed = typed_dests(argv, given)
     if args.paper_reward:
-        for key, value in {**PAPER_REWARD, "meta_eval_fixed": False}.items():
-            if key not in typed:
-                setattr(args, key, value)
+        apply_paper_reward(args, typed)
     if args.demo:
         apply_demo_defaults(args, typed)
     return args
@@ -454,6 +458,13 @@ def run_settings(args, num_processes):
             "train_file": _file_identity(args.train_file), "validation_file": _file_identity(args.validation_file),
             "processed_dataset": _file_identity(args.processed_dataset),
             "tokenizer": args.tokenizer_name or args.model_name_or_path, "num_processes": num_processes}
+
+
+def check_launch(accelerator, args):
+    """What this launch (DeepSpeed, FSDP, ...) cannot run, refused before anything loads (MometasTrainer refuses
+    the same, with the same words)."""
+    check_parallel_support(accelerator, sampler=args.sampler, skip_nonfinite_steps=args.skip_nonfinite_steps,
+                           max_grad_norm=args.max_grad_norm, head_warmup_steps=args.head_warmup_steps)
 
 
 def resolve_resume(args, num_processes):
@@ -704,43 +715,10 @@ def write_history_row(accelerator, history, tracker, sampler, *, step, update, v
     return row
 
 
-class NonFiniteError(RuntimeError):
-    """Training produced NaN or infinity at ``step``: the run stops without saving a model.
-
-    ``skips_spent``: a non-finite step came after --skip_nonfinite_steps N (N > 0) had been used up.
-    """
-
-    def __init__(self, message, step, skips_spent=False):
-        super().__init__(message)
-        self.step = step
-        self.skips_spent = skips_spent
-
-
 def nonfinite_step(args, tracker, step, objective, loss, grad_norm, fp16):
     """True when this step must be skipped; raises NonFiniteError once --skip_nonfinite_steps is spent."""
-    grad_norm = None if grad_norm is None else float(grad_norm)
-    # Under fp16 an infinite gradient is the loss scaler's business: it skips the step and lowers the scale.
-    bad = f"loss {loss}" if not math.isfinite(loss) else (
-        f"gradient norm {grad_norm}" if grad_norm is not None and not fp16 and not math.isfinite(grad_norm) else None)
-    if bad is None:
-        return False
-    if tracker.skipped_steps < args.skip_nonfinite_steps:
-        tracker.skipped_steps += 1
-        logger.warning(f"step {step} (objective {objective}): {bad}; skipped ({tracker.skipped_steps} of "
-                       f"--skip_nonfinite_steps {args.skip_nonfinite_steps})")
-        return True
-    raise NonFiniteError(f"step {step} (objective {objective}): {bad}", step, skips_spent=args.skip_nonfinite_steps > 0)
-
-
-def check_finite_weights(accelerator, model, step, objective):
-    """Non-finite weights stop the run before they reach a checkpoint or the output (a collective).
-
-    Each process checks the weights it holds: everything under DDP, its shards under FSDP, its
-    partition under ZeRO-3 (where the parameters themselves are empty placeholders).
-    """
-    bad = sum(int(not torch.isfinite(local_tensor(p)).all()) for p in model.parameters())
-    if accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum").item():
-        raise NonFiniteError(f"step {step} (objective {objective}): the weights hold NaN or infinity", step)
+    return skip_or_stop(tracker, limit=args.skip_nonfinite_steps, step=step, objective=objective, loss=loss,
+                        grad_norm=grad_norm, loss_scaled=fp16, warn=logger.warning)
 
 
 def checkpoint_marker(args, num_processes, epoch, batches_in_epoch):
@@ -832,8 +810,7 @@ def train(args, hub_token=None):
         transformers.utils.logging.set_verbosity_error()
     if args.with_tracking and args.report_to != "all" and len(accelerator.log_with) < len(args.report_to.split(",")):
         raise MometasInputError(f"--report_to {args.report_to}: not every tracker is installed")
-    check_parallel_support(accelerator, sampler=args.sampler, skip_nonfinite_steps=args.skip_nonfinite_steps,
-                           max_grad_norm=args.max_grad_norm, head_warmup_steps=args.head_warmup_steps)
+    check_launch(accelerator, args)
 
     resume_path, marker = resolve_resume(args, accelerator.num_processes)
     check_output_dir(args, resume_path)
@@ -1004,6 +981,7 @@ def train(args, hub_token=None):
                 # The warm-up ends: everything trains from now on, and the sampler's first meta-test
                 # gives the baselines b_i its first reward is measured against.
                 set_encoder_trainable(accelerator.unwrap_model(model), True)
+                getattr(lr_scheduler, "scheduler", lr_scheduler).end_warmup()  # the schedule's phase too
                 val_losses, seconds = (meta_test_losses(model, splits["validation"], eval_collators, args,
                                                         completed_steps, accelerator, pad) if run_meta_test else (None, None))
                 row(completed_steps, sampler.update(val_losses), val_losses, seconds, extra={"head_warmup_end": True})
@@ -1071,16 +1049,9 @@ def main(argv=None):
     except NonFiniteError as error:
         # Checkpoints after the failing step belong to a run this one replaced (it resumed before them).
         last = [path for path in complete_checkpoints(args.output_dir) if checkpoint_step(path) < error.step]
-        kept = f"the last good checkpoint is {last[-1]}" if last else "there is no checkpoint"
-        if error.skips_spent:
-            advice = (f"all {args.skip_nonfinite_steps} steps --skip_nonfinite_steps allows were already skipped; "
-                      "lower --learning_rate or raise --skip_nonfinite_steps")
-        elif args.skip_nonfinite_steps:  # the weights went non-finite: no skip would have caught that step
-            advice = "lower --learning_rate"
-        else:
-            advice = "lower --learning_rate or pass --skip_nonfinite_steps N to skip such steps"
-        print(f"error: {error}; no model was saved and {kept}; {advice}", file=sys.stderr)
-        sys.exit(1)
+        message = failure_message(error, skip_limit=args.skip_nonfinite_steps, last_checkpoint=last[-1] if last else None)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(NONFINITE_EXIT_CODE)
     except HubPushError as error:
         print(f"error: --push_to_hub: {error}", file=sys.stderr)
         sys.exit(1)

@@ -58,7 +58,7 @@ if (REPO_ROOT / "mometas_utils").is_dir() and str(REPO_ROOT) not in sys.path:
 
 from mometas_utils.errors import MometasInputError  # noqa: E402
 from mometas_utils.history import HistoryWriter, read_history, summarize_distribution  # noqa: E402
-from mometas_utils.meta_test import encoder_grad_norm  # noqa: E402
+from mometas_utils.meta_test import unscaled_encoder_grad_norm  # noqa: E402
 from mometas_utils.paper import SAMPLER_DEFAULTS  # noqa: E402
 from mometas_utils.rewards import PAPER_REWARD  # noqa: E402
 from mometas_utils.samplers import build_sampler  # noqa: E402
@@ -573,7 +573,9 @@ def run(args):
         )
         # Evaluation loaders get generators of their own too: starting a loader without one draws from the
         # global generator, and a meta-test would then shift the dropout masks of the training that follows.
-        heldout_loaders[task] = DataLoader(tokenize(heldout_rows[task], tokenizer, args.max_seq_length),
+        # Each process meta-tests its share of the held-out rows; meta_test() sums over processes.
+        share = heldout_rows[task][accelerator.process_index::accelerator.num_processes]
+        heldout_loaders[task] = DataLoader(tokenize(share, tokenizer, args.max_seq_length),
                                            collate_fn=collator, batch_size=args.per_device_eval_batch_size,
                                            generator=torch.Generator())
         dev_loaders[task] = DataLoader(tokenize(dev_rows[task], tokenizer, args.max_seq_length),
@@ -599,21 +601,25 @@ def run(args):
     streams = {task: forever(train_loaders[task]) for task in tasks}
 
     def meta_test():
-        """Each task's mean loss over its held-out training rows (the same rows every time)."""
+        """Each task's mean loss over its held-out training rows (the same rows every time).
+
+        Every process scores its share and the sums are added up over processes, so every process's
+        sampler takes the same update from the loss over all the rows, whatever the number of processes."""
         started = time.perf_counter()
         model.eval()
-        losses = {}
+        sums = torch.zeros(len(tasks), 2, dtype=torch.float64, device=accelerator.device)  # (loss x rows, rows)
+        # The shares may differ by a batch: the module itself, whose forward has no DDP collective to wait on.
+        module = accelerator.unwrap_model(model)
         with torch.no_grad():
-            for task in tasks:
-                total, count = 0.0, 0
+            for index, task in enumerate(tasks):
                 for batch in heldout_loaders[task]:
                     batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                    loss, _ = model(task, **batch)
-                    total += loss.item() * len(batch["labels"])
-                    count += len(batch["labels"])
-                losses[task] = total / count
+                    loss, _ = module(task, **batch)
+                    sums[index, 0] += loss.item() * len(batch["labels"])
+                    sums[index, 1] += len(batch["labels"])
+        sums = accelerator.reduce(sums, reduction="sum")
         model.train()
-        return losses, time.perf_counter() - started
+        return {task: (sums[i, 0] / sums[i, 1]).item() for i, task in enumerate(tasks)}, time.perf_counter() - started
 
     tracker = StepTracker(tasks)
     history = HistoryWriter(args.output_dir) if accelerator.is_main_process else None
@@ -631,6 +637,8 @@ def run(args):
             "meta_test_seconds": seconds, "elapsed_seconds": time.perf_counter() - started,
             "learning_rate": lr_scheduler.get_last_lr()[0], "num_processes": accelerator.num_processes,
         }
+        if "process_rollouts" in window:  # every process's draws, as the script's rows hold them
+            row["process_rollouts"] = window["process_rollouts"]
         if history is not None:
             history.write(row)
 
@@ -652,7 +660,9 @@ def run(args):
         step_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
         if not math.isfinite(step_loss):
             raise RunFailed(f"step {step} ({task}): the loss is {step_loss}; nothing was saved")
-        grad_norm = encoder_grad_norm(accelerator.unwrap_model(model).encoder) if sampler.requires_grad_norm else None
+        # Under fp16 the gradients still carry the loss scale here: Gb reads the norm of the true gradients.
+        grad_norm = (unscaled_encoder_grad_norm(accelerator, model, encoder=accelerator.unwrap_model(model).encoder)
+                     if sampler.requires_grad_norm else None)
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()

@@ -104,8 +104,11 @@ def encoder_grad_norm(model, loss_scale: float = 1.0, *, reduce_sum=None, device
     return total.sqrt().item() / loss_scale
 
 
-def unscaled_encoder_grad_norm(accelerator, model) -> float:
+def unscaled_encoder_grad_norm(accelerator, model, encoder=None) -> float:
     """:func:`encoder_grad_norm` of a prepared model, divided by the fp16 loss scale when there is one.
+
+    ``encoder``: the module whose gradients count (default: the unwrapped model's ``bert``, or the whole
+    model), for models that keep their encoder under another name.
 
     Call it after the backward passes and before ``accelerator.clip_grad_norm_`` (which
     unscales the gradients in place; unscaling twice is an error in PyTorch). Under DDP the
@@ -116,7 +119,8 @@ def unscaled_encoder_grad_norm(accelerator, model) -> float:
     scaler = getattr(accelerator, "scaler", None)
     scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
     reduce_sum = (lambda t: accelerator.reduce(t, reduction="sum")) if shards_parameters(accelerator) else None
-    return encoder_grad_norm(accelerator.unwrap_model(model), scale, reduce_sum=reduce_sum, device=accelerator.device)
+    module = accelerator.unwrap_model(model) if encoder is None else encoder
+    return encoder_grad_norm(module, scale, reduce_sum=reduce_sum, device=accelerator.device)
 
 
 __all__ = ["corruption_seed", "encoder_grad_norm", "meta_test", "meta_test_batches", "unscaled_encoder_grad_norm"]

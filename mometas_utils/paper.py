@@ -2,8 +2,11 @@
 
 ``run_mometas_pretraining.py`` takes its training defaults from :data:`PRETRAINING_HPARAMS` and
 its sampler defaults from :data:`SAMPLER_DEFAULTS`; ``docs/pretraining.md`` prints both (a test
-keeps it in step).
+keeps it in step). ``--paper_reward`` (the script and ``examples/trainer_mometas.py``) sets
+:data:`PAPER_REWARD_FLAGS`.
 """
+
+from .rewards import PAPER_REWARD
 
 PAPER_CITATION = """@inproceedings{wu-etal-2022-forging,
     title = "Forging Multiple Training Objectives for Pre-trained Language Models via Meta-Learning",
@@ -32,4 +35,17 @@ PRETRAINING_HPARAMS = {
 #: §5: "we fix meta length K to 100 and meta step size to 1e-1"; §3.4.2 and Table 4: λ in 1..3, 3 best.
 SAMPLER_DEFAULTS = {"meta_length": 100, "meta_step_size": 0.1, "entropy_lambda": 3.0}
 
-__all__ = ["PAPER_CITATION", "PRETRAINING_HPARAMS", "SAMPLER_DEFAULTS"]
+#: What ``--paper_reward`` sets: Eqs. 2-4 as written (no floor, dead zone, baseline or normalisation, no
+#: least probability) and the meta-test batches redrawn at every meta-test, as the paper fetches them.
+PAPER_REWARD_FLAGS = {**PAPER_REWARD, "meta_eval_fixed": False}
+
+
+def apply_paper_reward(args, typed) -> None:
+    """``--paper_reward``: :data:`PAPER_REWARD_FLAGS` on ``args``, except the destinations in ``typed`` (the flags
+    the command line set, which still win)."""
+    for key, value in PAPER_REWARD_FLAGS.items():
+        if key not in typed:
+            setattr(args, key, value)
+
+
+__all__ = ["PAPER_CITATION", "PAPER_REWARD_FLAGS", "PRETRAINING_HPARAMS", "SAMPLER_DEFAULTS", "apply_paper_reward"]

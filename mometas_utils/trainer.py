@@ -16,57 +16,31 @@ update, and a row goes to ``<output_dir>/sampler_history.jsonl`` in the format o
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from collections.abc import Mapping
 
 import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
+from transformers.utils import logging
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .errors import MometasInputError
-from .head_warmup import check_head_warmup, phased_scheduler, set_encoder_trainable, split_param_groups
+from .head_warmup import (check_head_warmup, check_trainer_warmup, set_encoder_trainable, split_optimizer_groups,
+                          trainer_scheduler)
 from .history import HISTORY_FILENAME, HistoryWriter, drop_superseded, read_history, rewind_history
 from .meta_test import meta_test, meta_test_batches, unscaled_encoder_grad_norm
+from .nonfinite import check_finite_weights, skip_or_stop
 from .objectives import PadCollator
+from .parallel import loss_scaled
 from .plots import plot_history
 from .samplers import build_sampler
 from .tracker import StepTracker
+from .trainer_support import (REWARD_FIELDS, STATE_FILENAME, check_resume_processes, check_trainer_args,
+                              check_trainer_launch, gate_optimizer_step, history_row, load_process_state,
+                              save_process_state, tracker_logs)
 
-#: The update's reward statistics a history row carries when the sampler returns them (as the script's rows).
-REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale")
-#: Per process: the sampler, the collators' generators and the tracker, beside the Trainer's own files.
-STATE_FILENAME = "mometas_state_{process}.pt"
-
-
-def history_row(sampler, window: Mapping, *, step: int, update: Mapping | None, val_losses: Mapping | None,
-                seconds: float | None, elapsed: float, learning_rate: float, num_processes: int) -> dict:
-    """One row of ``sampler_history.jsonl``, key for key the row of ``run_mometas_pretraining.py``:
-    the sampler after its update and the window of steps before it (``StepTracker.close_window``)."""
-    row = {
-        "step": step, "sampler": sampler.name, "objectives": sampler.objectives,
-        "probabilities": sampler.probabilities, "entropy": sampler.entropy(),
-        "reward": update.get("reward") if update else None, "val_loss": val_losses,
-        **{key: update[key] for key in REWARD_FIELDS if update and key in update},
-        **{key: window[key] for key in ("train_loss", "counts", "rollout", "tokens_seen", "mean_probabilities")},
-        "meta_test_seconds": seconds, "elapsed_seconds": elapsed,
-        "learning_rate": learning_rate, "num_processes": num_processes,
-    }
-    if "process_rollouts" in window:
-        row["process_rollouts"] = window["process_rollouts"]
-    return row
-
-
-def tracker_logs(row: Mapping) -> dict:
-    """What the trackers get from a row: the names the script logs (``sampler/p_<objective>``, ...)."""
-    logs = {f"sampler/p_{n}": p for n, p in row["probabilities"].items()}
-    logs.update({f"tokens/{n}": v for n, v in row["tokens_seen"].items()})
-    logs.update({"sampler/entropy": row["entropy"], "time/meta_test_seconds": row["meta_test_seconds"] or 0.0})
-    if row["reward"] is not None:
-        logs["sampler/reward"] = row["reward"]
-    logs.update({f"val/loss_{n}": v for n, v in (row["val_loss"] or {}).items()})
-    return logs
+logger = logging.get_logger(__name__)
 
 
 class _SamplerCallback(TrainerCallback):
@@ -100,6 +74,10 @@ class MometasTrainer(Trainer):
             train only the heads (the encoder frozen, its rate 0) on objectives drawn uniformly from
             ``head_warmup_objectives`` (the ones whose heads the checkpoint lacks), at their own rate; the
             Trainer's schedule and the sampler start at step N (:mod:`~mometas_utils.head_warmup`).
+        skip_nonfinite_steps: skip up to N steps whose loss (or gradient norm, outside fp16) is NaN or
+            infinite, as the script's flag does; one more raises :class:`~mometas_utils.nonfinite.NonFiniteError`,
+            as does any such step without it (:mod:`~mometas_utils.nonfinite`).
+        cse_gather: CSE takes its negatives from the sequences of every process (the script's ``--cse_gather``).
 
     ``eval_dataset`` is the meta-test set; :meth:`evaluate` reports a meta-test there.
     ``data_collator`` defaults to a :class:`PadCollator` for ``processing_class``.
@@ -110,12 +88,15 @@ class MometasTrainer(Trainer):
 
     def __init__(self, *args, sampler, collators: Mapping, meta_eval_batches: int = 1, meta_eval_fixed: bool = True,
                  baseline_meta_test: bool = False, head_warmup_steps: int = 0, head_warmup_objectives=None,
-                 head_warmup_learning_rate: float = 1e-3, **kwargs):
+                 head_warmup_learning_rate: float = 1e-3, skip_nonfinite_steps: int = 0, cse_gather: bool = False,
+                 **kwargs):
         if sorted(collators) != sorted(sampler.objectives):
             raise MometasInputError(f"collators: expected one per objective of the sampler {sampler.objectives}, "
                                     f"got {list(collators)}")
         if not isinstance(meta_eval_batches, int) or meta_eval_batches < 1:
             raise MometasInputError(f"meta_eval_batches: expected a positive integer, got {meta_eval_batches!r}")
+        if not isinstance(skip_nonfinite_steps, int) or skip_nonfinite_steps < 0:
+            raise MometasInputError(f"skip_nonfinite_steps: expected an integer >= 0, got {skip_nonfinite_steps!r}")
         if isinstance(kwargs.get("data_collator"), DataCollatorForLanguageModeling):
             raise MometasInputError("data_collator: the objective collators mask, insert and delete; a "
                                     "DataCollatorForLanguageModeling would corrupt every batch once more. Leave "
@@ -127,6 +108,7 @@ class MometasTrainer(Trainer):
                                         "or a data_collator")
             kwargs["data_collator"] = PadCollator(tokenizer.pad_token_id)
         super().__init__(*args, **kwargs)
+        check_trainer_args(self.args)
         heads = getattr(getattr(self.model, "config", None), "objectives", None)
         if heads is not None and any(name not in heads for name in sampler.objectives):
             raise MometasInputError(f"model: it has heads for {list(heads)}, the sampler draws {sampler.objectives}")
@@ -137,6 +119,7 @@ class MometasTrainer(Trainer):
         # (and stop dividing by the accumulation steps); it swallows that argument and returns a batch mean.
         self.model_accepts_loss_kwargs = False
         self.sampler = sampler
+        self.skip_nonfinite_steps, self.cse_gather = skip_nonfinite_steps, bool(cse_gather)
         self.collators = dict(collators)
         # Meta-test reseeds its collators at every meta-test; copies keep the training noise untouched.
         self.eval_collators = {name: _with_own_generator(c) for name, c in self.collators.items()}
@@ -146,22 +129,11 @@ class MometasTrainer(Trainer):
             raise MometasInputError(f"eval_dataset: the {sampler.name} sampler meta-tests every objective on held-out "
                                     "sequences every meta length; pass eval_dataset")
         self.tracker = StepTracker(sampler.objectives)
-        if not isinstance(head_warmup_steps, int) or head_warmup_steps < 0:
-            raise MometasInputError(f"head_warmup_steps: expected an integer >= 0, got {head_warmup_steps!r}")
-        self.head_warmup_steps = head_warmup_steps
-        self.warmup_sampler = None
-        if head_warmup_steps:
-            warm = list(head_warmup_objectives or [])
-            check_head_warmup(head_warmup_steps, self.args.max_steps if self.args.max_steps > 0 else None, warm)
-            unknown = [n for n in warm if n not in sampler.objectives]
-            if unknown:
-                raise MometasInputError(f"head_warmup_objectives: {unknown} are not objectives of the sampler "
-                                        f"{sampler.objectives}")
-            if not head_warmup_learning_rate > 0:
-                raise MometasInputError(f"head_warmup_learning_rate: expected a number > 0, got {head_warmup_learning_rate!r}")
-            self.head_warmup_learning_rate = float(head_warmup_learning_rate)
-            # Its own generator: the sampler's draws start where its learning does.
-            self.warmup_sampler = build_sampler("uniform", warm, seed=self.args.seed + 1)
+        warm = check_trainer_warmup(head_warmup_steps, head_warmup_objectives, head_warmup_learning_rate,
+                                    sampler_objectives=sampler.objectives, max_steps=self.args.max_steps)
+        self.head_warmup_steps, self.head_warmup_learning_rate = head_warmup_steps, float(head_warmup_learning_rate)
+        # Its own generator: the sampler's draws start where its learning does.
+        self.warmup_sampler = build_sampler("uniform", warm, seed=self.args.seed + 1) if head_warmup_steps else None
         self.history: HistoryWriter | None = None
         self._resume_path = None
         self._reset_step()
@@ -186,6 +158,24 @@ class MometasTrainer(Trainer):
     def _get_collator_with_removed_columns(self, data_collator, description=None):
         return data_collator
 
+    def get_train_dataloader(self):
+        # The collators corrupt on the CPU: the padded batches stay there and move to the device once,
+        # corrupted, in training_step (Accelerate would move them, and training_step back). Dispatched
+        # batches (an IterableDataset under dispatch_batches) must be placed by Accelerate.
+        if self.args.accelerator_config.dispatch_batches:
+            return super().get_train_dataloader()
+        placement, self.accelerator.device_placement = self.accelerator.device_placement, False
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.accelerator.device_placement = placement
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # The Trainer's last call before the optimizer step, on every process: the step is judged here.
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        self._judge_step(grad_norm)
+        return grad_norm
+
     # ------------------------------------------------------------------ meta-train
 
     def warming_up(self) -> bool:
@@ -209,33 +199,40 @@ class MometasTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
-        if self.head_warmup_steps and not any("head" in g for g in self.optimizer.param_groups):
-            # Each group split into encoder and heads before any step, so the two phases can give them
-            # different rates; nothing else about the Trainer's optimizer changes.
-            groups = split_param_groups(self.model, self.optimizer.param_groups)
-            self.optimizer.param_groups.clear()
-            for group in groups:
-                self.optimizer.add_param_group(group)
+        if self.head_warmup_steps:
+            split_optimizer_groups(self.optimizer, self.model)  # the encoder's and the heads' rates
         return optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if not self.head_warmup_steps:
             return super().create_scheduler(num_training_steps, optimizer)
+        # An epoch-based run's length is known only now, before any step: the script's error, not a run of heads.
+        check_head_warmup(self.head_warmup_steps, num_training_steps, None)
         if self.lr_scheduler is None:
-            from transformers import get_scheduler
-
-            main_steps = num_training_steps - self.head_warmup_steps
-            probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-            schedule = get_scheduler(self.args.lr_scheduler_type, probe, num_warmup_steps=self.args.get_warmup_steps(main_steps),
-                                     num_training_steps=main_steps, scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
-            self.lr_scheduler = phased_scheduler(optimizer or self.optimizer, schedule.lr_lambdas[0], self.head_warmup_steps,
-                                                 self.head_warmup_learning_rate / self.args.learning_rate)
+            self.lr_scheduler = trainer_scheduler(self.args, optimizer or self.optimizer, num_training_steps,
+                                                  self.head_warmup_steps, self.head_warmup_learning_rate)
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
     def _reset_step(self):
         self._drawn_at, self._objective = None, None
         self._step_loss, self._step_tokens, self._micro_batches, self._grad_norm = 0.0, 0, 0, None
+        self._mean_loss, self._skip_update = None, False
+
+    def _judge_step(self, grad_norm):
+        """The script's non-finite policy, after the step's gradients are complete and before it is applied:
+        skip it (no optimizer or schedule step) while ``skip_nonfinite_steps`` allows, else stop the run."""
+        loss = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.args.device)
+        reduced = self.accelerator.reduce(loss, reduction="mean") if self.accelerator.num_processes > 1 else loss
+        self._mean_loss = reduced.item()
+        self._skip_update = skip_or_stop(
+            self.tracker, limit=self.skip_nonfinite_steps, step=self.state.global_step + 1, objective=self._objective,
+            loss=self._mean_loss, grad_norm=grad_norm, loss_scaled=loss_scaled(self.accelerator),
+            warn=logger.warning if self.args.process_index == 0 else logger.debug)
+        if self._skip_update and self.accelerator.scaler is not None:
+            # The gradients were unscaled for the norm; without an optimizer step nothing would close the
+            # scaler's step, and the next unscale_() would raise. update() closes it as an overflow does.
+            self.accelerator.scaler.update()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # The DataLoader collates ahead (prefetch, workers, the accumulation window), so the objective is
@@ -247,7 +244,8 @@ class MometasTrainer(Trainer):
         padded = {k: v.cpu() if torch.is_tensor(v) else v for k, v in inputs.items()}
         batch = self.collators[objective](padded)
         self._step_tokens += int(batch["attention_mask"].sum())
-        loss = super().training_step(model, {"objective": objective, **batch}, num_items_in_batch)
+        loss = super().training_step(model, {"objective": objective, "cse_gather": self.cse_gather, **batch},
+                                     num_items_in_batch)
         self._step_loss = self._step_loss + loss  # each is divided by the step's micro-batches: a mean
         self._micro_batches += 1
         if (self._micro_batches == self.current_gradient_accumulation_steps and self.sampler.requires_grad_norm
@@ -289,10 +287,10 @@ class MometasTrainer(Trainer):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise MometasInputError(f"resume_from_checkpoint: no checkpoint in {self.args.output_dir}")
-        if resume_from_checkpoint and not os.path.isfile(_state_file(resume_from_checkpoint, self.args.process_index)):
-            raise MometasInputError(f"resume_from_checkpoint: {resume_from_checkpoint} holds no sampler state "
-                                    f"({_state_file('', self.args.process_index)}): it was not saved by a "
-                                    f"MometasTrainer with {self.args.world_size} process(es)")
+        check_trainer_launch(self.accelerator, self.args, sampler=self.sampler.name,
+                             skip_nonfinite_steps=self.skip_nonfinite_steps, head_warmup_steps=self.head_warmup_steps)
+        if resume_from_checkpoint:
+            check_resume_processes(resume_from_checkpoint, self.accelerator.num_processes)
         if not resume_from_checkpoint and os.path.isfile(os.path.join(self.args.output_dir, HISTORY_FILENAME)):
             raise MometasInputError(f"output_dir: {self.args.output_dir} holds the {HISTORY_FILENAME} of another run; "
                                     "resume it (resume_from_checkpoint) or choose another output_dir")
@@ -302,6 +300,7 @@ class MometasTrainer(Trainer):
     def _begin(self):
         self._started = time.perf_counter()
         self._reset_step()
+        gate_optimizer_step(self.optimizer, lambda: self._skip_update)
         if self._resume_path is not None:
             self._load_state(self._resume_path)
         elif self.accelerator.process_index > 0:
@@ -323,20 +322,24 @@ class MometasTrainer(Trainer):
             self._write_row(self.sampler.update(val_losses), val_losses, seconds)  # the baselines b_i
 
     def _end_of_step(self):
-        """After the optimizer step: the sampler observes it; every K steps, meta-test and update (lines 9-12)."""
-        objective = self._objective
-        loss = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.args.device)
-        mean_loss = (self.accelerator.reduce(loss, reduction="mean") if self.accelerator.num_processes > 1 else loss).item()
-        finite = math.isfinite(mean_loss)
+        """After the optimizer step: the sampler observes it; every K steps, meta-test and update (lines 9-12).
+
+        A skipped step is drawn but not trained: the window keeps its draw with no loss, the sampler
+        does not observe it, and it counts towards the warm-up and K like any other step, as in the script."""
+        objective, skipped, mean_loss = self._objective, self._skip_update, self._mean_loss
         step = self.state.global_step
         warmed_up = self.head_warmup_steps and step == self.head_warmup_steps
-        if finite and step > self.head_warmup_steps:
+        if not skipped and step > self.head_warmup_steps:
             self.sampler.observe(objective, mean_loss, self._grad_norm)
-        self.tracker.record(objective, mean_loss if finite else None, self._step_tokens, self._drawn_with)
+        self.tracker.record(objective, None if skipped else mean_loss, self._step_tokens, self._drawn_with)
+        self._last_objective = objective
         self._step_loss, self._step_tokens, self._micro_batches, self._grad_norm = 0.0, 0, 0, None
+        self._skip_update = False
         if warmed_up:
-            # Everything trains from now on; the sampler's first meta-test gives its baselines b_i.
+            # Everything trains from now on, at the schedule's first rate; the sampler's first meta-test
+            # gives its baselines b_i.
             set_encoder_trainable(self.accelerator.unwrap_model(self.model_wrapped), True)
+            self.lr_scheduler.end_warmup()
             val_losses, seconds = self._meta_test() if self.run_meta_test else (None, None)
             self._write_row(self.sampler.update(val_losses), val_losses, seconds, extra={"head_warmup_end": True})
         elif step > self.head_warmup_steps and (step - self.head_warmup_steps) % self.sampler.meta_length == 0:
@@ -371,38 +374,32 @@ class MometasTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _check_finite_weights(self):
+        # A collective; the objective named is the last one trained.
+        check_finite_weights(self.accelerator, self.model_wrapped, self.state.global_step,
+                             getattr(self, "_last_objective", None))
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """The Trainer's save, refused (:class:`~mometas_utils.nonfinite.NonFiniteError`) for weights holding NaN."""
+        if not _internal_call:
+            self._check_finite_weights()
+        return super().save_model(output_dir, _internal_call)
+
     def _save_checkpoint(self, model, trial):
+        self._check_finite_weights()  # before any file of the checkpoint
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         self.tracker.sync_tokens(self.accelerator)  # a collective: the totals of every process
         # Written before the Trainer's files, so a checkpoint that has a trainer_state.json has it too.
         os.makedirs(folder, exist_ok=True)
-        state = {"sampler": self.sampler.state_dict(), "tracker": self.tracker.state_dict(),
-                 "collators": {name: c.state_dict() for name, c in self.collators.items()}}
-        if self.warmup_sampler is not None:
-            state["warmup_sampler"] = self.warmup_sampler.state_dict()
-        torch.save(state, _state_file(folder, self.args.process_index))
+        save_process_state(folder, self.args.process_index, sampler=self.sampler, tracker=self.tracker,
+                           collators=self.collators, warmup_sampler=self.warmup_sampler)
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             drop_superseded(self.args.output_dir)  # this run's own checkpoint replaces the rows set aside
 
     def _load_state(self, folder):
-        state = torch.load(_state_file(folder, self.args.process_index), weights_only=True)
-        self.sampler.load_state_dict(state["sampler"])
-        self.tracker.load_state_dict(state["tracker"])
-        if sorted(state["collators"]) != sorted(self.collators):
-            raise MometasInputError(f"resume_from_checkpoint: {folder} was trained with the objectives "
-                                    f"{list(state['collators'])}, not {list(self.collators)}")
-        for name, collator in self.collators.items():
-            collator.load_state_dict(state["collators"][name])
-        if self.warmup_sampler is not None:
-            if "warmup_sampler" not in state:
-                raise MometasInputError(f"resume_from_checkpoint: {folder} was saved without a head warm-up; resume "
-                                        "with the same head_warmup_steps")
-            self.warmup_sampler.load_state_dict(state["warmup_sampler"])
-
-
-def _state_file(folder, process_index: int) -> str:
-    return os.path.join(folder, STATE_FILENAME.format(process=process_index))
+        load_process_state(folder, self.args.process_index, sampler=self.sampler, tracker=self.tracker,
+                           collators=self.collators, warmup_sampler=self.warmup_sampler)
 
 
 def _with_own_generator(collator):
@@ -411,4 +408,4 @@ def _with_own_generator(collator):
     return clone
 
 
-__all__ = ["MometasTrainer", "history_row", "tracker_logs", "REWARD_FIELDS"]
+__all__ = ["MometasTrainer", "history_row", "tracker_logs", "REWARD_FIELDS", "STATE_FILENAME"]

@@ -100,9 +100,22 @@ def test_lacking_heads_and_the_phased_schedule():
     optimizer = torch.optim.AdamW(groups, lr=1e-4)
     scheduler = phased_scheduler(optimizer, lambda step: 1.0 - step / 10, warmup_steps=3, head_rate_factor=20.0)
     rates = []
-    for _ in range(6):
+    for step in range(1, 7):
         rates.append([g["lr"] for g in optimizer.param_groups])
         optimizer.step()
-        scheduler.step()
+        if step != 2:  # step 2 was skipped: no update, no schedule step
+            scheduler.step()
+        if step == 3:
+            scheduler.end_warmup()  # the loop's step 3 ends the warm-up, whatever the schedule counted
     assert rates[:3] == [[0.0, 2e-3]] * 3  # encoder 0, heads 20 x 1e-4
     assert rates[3] == pytest.approx([1e-4, 1e-4]) and rates[5] == pytest.approx([0.8e-4, 0.8e-4])
+    # The phase change is in the state: a resumed schedule continues it; a state saved before it had
+    # warmup_end ends the warm-up after warmup_steps schedule steps, as it did then.
+    state = scheduler.state_dict()
+    resumed = phased_scheduler(optimizer, lambda step: 1.0 - step / 10, warmup_steps=3, head_rate_factor=20.0)
+    resumed.load_state_dict(state)
+    assert resumed.warmup_end == 2 and resumed.get_last_lr() == pytest.approx(scheduler.get_last_lr())
+    old = {k: v for k, v in state.items() if k != "warmup_end"}
+    legacy = phased_scheduler(optimizer, lambda step: 1.0 - step / 10, warmup_steps=3, head_rate_factor=20.0)
+    legacy.load_state_dict(old)
+    assert legacy.warmup_end == 3

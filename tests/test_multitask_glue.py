@@ -432,3 +432,62 @@ def test_saved_encoder_and_head_make_a_sequence_classifier(tiny, tmp_path):
         model.classifier.load_state_dict({"weight": heads[f"{task}.weight"], "bias": heads[f"{task}.bias"]})
         with torch.no_grad():
             assert torch.allclose(model(**inputs).logits, multitask(task, **inputs)[1], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- processes and fp16
+
+
+def test_two_gloo_processes_meta_test_all_the_held_out_rows_and_draw_alike(tiny, tmp_path):
+    """Each process scores its share of the held-out rows and the sums are added over processes: the step-0
+    losses (the same weights everywhere) are the one-process run's, and every process takes the same update."""
+    from conftest import accelerate_launch
+
+    flags = ["--sampler", "mometas", "--max_train_steps", 10, "--meta_length", 5, "--meta_test_examples", 7]
+    run_ok(base_flags(tiny, tmp_path / "one", *flags))
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true")
+    command = accelerate_launch(2, "no", str(ROOT / "examples" / "multitask_glue.py"),
+                                *map(str, base_flags(tiny, tmp_path / "two", *flags)))
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    one, two = history(tmp_path / "one"), history(tmp_path / "two")
+    assert all(row["num_processes"] == 2 for row in two), "the launcher must really start two processes"
+    assert two[0]["step"] == 0 and two[0]["val_loss"] == pytest.approx(one[0]["val_loss"], rel=1e-4)
+    assert [row["step"] for row in two] == [0, 5, 10] and all(row["reward"] is not None for row in two[1:])
+    for row in two[1:]:
+        first, second = row["process_rollouts"]
+        assert first == second == row["rollout"] and len(first) == 5
+
+
+def test_gb_reads_the_unscaled_gradient_norm_under_fp16(tiny, tmp_path, monkeypatch):
+    """A real torch.amp.GradScaler (scale 2**16) behind the loop: Gb observes the norms of the true gradients,
+    not 65536 times them (which would saturate its sigmoid and make every task equally likely)."""
+    from accelerate.state import AcceleratorState
+
+    from mometas_utils.samplers.rule_based import GradientSampler
+
+    made, observed = [], []
+
+    class ScaledAccelerator(mt.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mixed_precision="fp16", **kwargs)
+            # On a GPU Accelerate makes this scaler itself; on CPU it makes none, so the test hands it one.
+            self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=10**6)
+            made.append(self)
+
+    observe = GradientSampler.observe
+    monkeypatch.setattr(mt, "Accelerator", ScaledAccelerator)
+    monkeypatch.setattr(GradientSampler, "observe",
+                        lambda self, task, loss, grad_norm=None: observed.append(grad_norm) or observe(self, task, loss,
+                                                                                                    grad_norm))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        run_ok(base_flags(tiny, tmp_path / "gb", "--sampler", "gradient", "--max_train_steps", 6))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert made and made[0].scaler.get_scale() >= 2.0**15, "the loss was scaled by thousands"
+    # A step whose fp16 gradients overflow has a NaN norm, which Gb ignores (the scaler skips that step).
+    finite = [norm for norm in observed if math.isfinite(norm)]
+    assert len(observed) == 6 and len(finite) >= 4 and all(0 < norm < 100 for norm in finite), observed
+    probabilities = json.loads((tmp_path / "gb" / "all_results.json").read_text())["final_probabilities"]
+    assert max(probabilities.values()) - min(probabilities.values()) > 1e-6, "Gb did not saturate to uniform"

@@ -7,9 +7,11 @@ The runs train the session's tiny random BERT on 12 paragraphs of the demo corpu
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -237,3 +239,117 @@ def test_the_example_resumes_exactly_across_the_warm_up(warm_run, tiny_bert, sma
     assert comparable(read_rows(out)) == comparable(read_rows(warm_run))
     expected, got = load_file(warm_run / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+# ----------------------------------------------------------------------------- the script's flags and policies
+
+# The script's flags the example does not take: the Accelerate loop's, which TrainingArguments covers under its
+# own names, and the script's own modes.
+SCRIPT_ONLY = {
+    "--max_train_steps",  # --max_steps
+    "--num_warmup_steps",  # --warmup_steps
+    "--warmup_ratio",  # --warmup_steps below 1 (TrainingArguments has no warmup_ratio)
+    "--fused_adamw",  # --optim adamw_torch_fused
+    "--checkpointing_steps",  # --save_steps
+    "--checkpoints_total_limit",  # --save_total_limit
+    "--with_tracking",  # --report_to (none: no tracker)
+    "--overwrite_output_dir",  # the example refuses another run's folder; TrainingArguments has no such flag
+    "--allow_config_change",  # the script's settings check on resume (the Trainer compares its own arguments)
+    "--preprocess_only", "--processed_dataset",  # the script's two-stage preprocessing
+    "--demo",  # the script's offline demo
+}
+
+
+def script_module():
+    return load_module(ROOT / "run_mometas_pretraining.py")
+
+
+def test_the_example_takes_every_flag_of_the_script_with_its_defaults_and_paper_reward():
+    example, script = load_module(EXAMPLE), script_module()
+    script_flags = {flag for flag in script.build_parser()._option_string_actions if flag.startswith("--")}
+    parser = example.ArgumentParser((example.MometasArguments, example.TrainingArguments))
+    example_flags = set(parser._option_string_actions)
+    assert SCRIPT_ONLY <= script_flags, SCRIPT_ONLY - script_flags
+    assert script_flags - SCRIPT_ONLY - example_flags == set()
+    # The example's own dataclass invents no flag the script lacks.
+    own = {f"--{f.name}" for f in fields(example.MometasArguments)}
+    assert own - script_flags == set()
+    base = ["--model_name_or_path", "m", "--train_file", "t", "--output_dir", "o"]
+    for extra in ([], ["--paper_reward"], ["--paper_reward", "--reward_floor", "0.5", "--meta_eval_fixed"],
+                  ["--paper_reward", "--no_reward_normalize", "--reward_baseline", "ema", "--mlm_probability", "0.3"],
+                  ["--reward_floor", "none", "--exp3_loss_scaling", "none", "--no_meta_eval_fixed"]):
+        expected = vars(script.parse_args([*base, *extra]))
+        got, _ = example.parse_args([*base, *extra])
+        for f in fields(example.MometasArguments):
+            assert getattr(got, f.name) == expected[f.name], (extra, f.name)
+    paper, _ = example.parse_args([*base, "--paper_reward", "--reward_floor", "0.5"])
+    assert (paper.reward_floor, paper.reward_dead_zone, paper.meta_eval_fixed) == (0.5, 0.0, False)
+
+
+def nan_at(*forwards):
+    """The training forwards numbered ``forwards`` (from 1) return a NaN loss."""
+    from unittest import mock
+
+    from mometas_utils import MometasForPreTraining
+
+    real_forward = MometasForPreTraining.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        output = real_forward(self, *args, **kwargs)
+        if self.training and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] in forwards:
+                output.loss = output.loss * float("nan")
+        return output
+
+    return mock.patch.object(MometasForPreTraining, "forward", forward)
+
+
+def short_args(tiny_bert, corpus, out, *extra):
+    argv = example_args(tiny_bert, corpus, out, *extra)
+    for flag, value in (("--max_steps", "6"), ("--save_steps", "2"), ("--eval_steps", "100")):
+        argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def test_a_nan_ends_the_example_as_it_ends_the_script(tiny_bert, small_corpus, tmp_path, capsys):
+    out = tmp_path / "nan"
+    # Two micro-batches a step: forward 5 is step 3's first.
+    with nan_at(5), pytest.raises(SystemExit) as exit_:
+        run_example(short_args(tiny_bert, small_corpus, out))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: step 3 \(objective \w+\): loss nan; no model was saved and the last good checkpoint "
+                        rf"is {re.escape(str(out / 'checkpoint-2'))}; lower --learning_rate or pass "
+                        r"--skip_nonfinite_steps N to skip such steps", line), line
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (out / "model.safetensors").exists()
+
+    skipped = tmp_path / "skipped"
+    with nan_at(5):
+        run_example(short_args(tiny_bert, small_corpus, skipped, "--skip_nonfinite_steps", "1"))
+    weights = load_file(skipped / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    window = next(row for row in read_rows(skipped) if row["step"] == 4)
+    assert len(window["rollout"]) == 4 and sum(window["counts"].values()) == 3, "step 3 was drawn, not trained"
+
+
+def test_the_example_streams_a_dataset_as_the_script_loads_it(tiny_bert, small_corpus, tmp_path):
+    # load_dataset() takes a local folder: the --dataset_name path, offline.
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    lines = Path(small_corpus).read_text().splitlines(keepends=True)
+    (folder / "train.txt").write_text("".join(lines[:10]))
+    (folder / "validation.txt").write_text("".join(lines[10:]))
+    out = tmp_path / "streamed"
+    argv = short_args(tiny_bert, small_corpus, out, "--streaming", "--cache_dir", str(tmp_path / "cache"))
+    at = argv.index("--train_file")
+    argv[at:at + 2] = ["--dataset_name", str(folder)]
+    argv[argv.index("--max_steps") + 1] = "4"
+    trainer = run_example(argv)
+    assert type(trainer.train_dataset).__name__ == "StreamingSequences"
+    rows = read_rows(out)
+    assert [row["step"] for row in rows] == [0, 4] and sum(rows[-1]["counts"].values()) == 4
+    assert (out / "model.safetensors").is_file()
