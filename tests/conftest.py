@@ -216,3 +216,22 @@ def make_history():
     """``make_history(**options)``: a synthetic sampler history (see :func:`synthetic_history`)."""
     return synthetic_history
 
+
+def nan_at(model_class, *forwards):
+    """A patch of ``model_class.forward``: the training forwards numbered ``forwards`` (from 1) return a NaN loss."""
+    from unittest import mock
+
+    import torch
+
+    real_forward = model_class.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        output = real_forward(self, *args, **kwargs)
+        if self.training and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] in forwards:
+                output.loss = output.loss * float("nan")
+        return output
+
+    return mock.patch.object(model_class, "forward", forward)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import UploadReadLater, accelerate_launch
+from conftest import UploadReadLater, accelerate_launch, nan_at
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_mometas_pretraining.py"
@@ -339,26 +339,10 @@ def test_a_nan_loss_stops_the_run_without_a_model_and_keeps_the_last_checkpoint(
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
-def nan_at(module, *steps):
-    """A patch of the model's forward: the training forwards numbered ``steps`` (from 1) return a NaN loss."""
-    real_forward = module.MometasForPreTraining.forward
-    calls = {"n": 0}
-
-    def forward(self, *args, **kwargs):
-        output = real_forward(self, *args, **kwargs)
-        if self.training and torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] in steps:
-                output.loss = output.loss * float("nan")
-        return output
-
-    return mock.patch.object(module.MometasForPreTraining, "forward", forward)
-
-
 def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_corpus, tmp_path, capsys):
     module = load_script()
     args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 6]
-    with nan_at(module, 3):
+    with nan_at(module.MometasForPreTraining, 3):
         module.main([str(a) for a in [*args, "--output_dir", tmp_path / "skip", "--skip_nonfinite_steps", 1]])
     weights = load_file(tmp_path / "skip" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
@@ -370,7 +354,7 @@ def test_skip_nonfinite_steps_skips_a_bad_step_and_trains_on(tiny_bert, english_
     assert window["learning_rate"] == pytest.approx(5e-5 * 3 / 5)
     assert rows[-1]["step"] == 6 and rows[-1]["learning_rate"] == pytest.approx(5e-5 * 1 / 5)
 
-    with nan_at(module, 3), pytest.raises(SystemExit) as exit_:
+    with nan_at(module.MometasForPreTraining, 3), pytest.raises(SystemExit) as exit_:
         module.main([str(a) for a in [*args, "--output_dir", tmp_path / "stop"]])
     assert exit_.value.code == 1 and not (tmp_path / "stop" / "model.safetensors").exists()
     message = capsys.readouterr().err.strip().splitlines()[-1]
@@ -381,7 +365,7 @@ def test_a_spent_skip_budget_says_so_instead_of_asking_for_the_flag(tiny_bert, e
     module = load_script()
     args = ["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *QUICK, "--max_train_steps", 6]
     # One skip allowed, two bad steps.
-    with nan_at(module, 3, 5), pytest.raises(SystemExit) as exit_:
+    with nan_at(module.MometasForPreTraining, 3, 5), pytest.raises(SystemExit) as exit_:
         module.main([str(a) for a in [*args, "--output_dir", tmp_path / "spent", "--skip_nonfinite_steps", 1]])
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_.value.code == 1 and message.startswith("error: step 5 (objective "), message
@@ -409,7 +393,7 @@ def test_fp16_loss_scaler_trains_on_after_a_skipped_step(tiny_bert, english_corp
             "--output_dir", tmp_path / "fp16", "--skip_nonfinite_steps", 1]
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        with nan_at(module, 3):
+        with nan_at(module.MometasForPreTraining, 3):
             module.main([str(a) for a in args])
         assert made and made[0].mixed_precision == "fp16"
     finally:

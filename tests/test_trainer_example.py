@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import accelerate_launch, load_module
+from conftest import accelerate_launch, load_module, nan_at
+from mometas_utils import MometasForPreTraining
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "trainer_mometas.py"
@@ -286,26 +287,6 @@ def test_the_example_takes_every_flag_of_the_script_with_its_defaults_and_paper_
     assert (paper.reward_floor, paper.reward_dead_zone, paper.meta_eval_fixed) == (0.5, 0.0, False)
 
 
-def nan_at(*forwards):
-    """The training forwards numbered ``forwards`` (from 1) return a NaN loss."""
-    from unittest import mock
-
-    from mometas_utils import MometasForPreTraining
-
-    real_forward = MometasForPreTraining.forward
-    calls = {"n": 0}
-
-    def forward(self, *args, **kwargs):
-        output = real_forward(self, *args, **kwargs)
-        if self.training and torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] in forwards:
-                output.loss = output.loss * float("nan")
-        return output
-
-    return mock.patch.object(MometasForPreTraining, "forward", forward)
-
-
 def short_args(tiny_bert, corpus, out, *extra):
     argv = example_args(tiny_bert, corpus, out, *extra)
     for flag, value in (("--max_steps", "6"), ("--save_steps", "2"), ("--eval_steps", "100")):
@@ -316,7 +297,7 @@ def short_args(tiny_bert, corpus, out, *extra):
 def test_a_nan_ends_the_example_as_it_ends_the_script(tiny_bert, small_corpus, tmp_path, capsys):
     out = tmp_path / "nan"
     # Two micro-batches a step: forward 5 is step 3's first.
-    with nan_at(5), pytest.raises(SystemExit) as exit_:
+    with nan_at(MometasForPreTraining, 5), pytest.raises(SystemExit) as exit_:
         run_example(short_args(tiny_bert, small_corpus, out))
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and "Traceback" not in err
@@ -328,7 +309,7 @@ def test_a_nan_ends_the_example_as_it_ends_the_script(tiny_bert, small_corpus, t
     assert not (out / "model.safetensors").exists()
 
     skipped = tmp_path / "skipped"
-    with nan_at(5):
+    with nan_at(MometasForPreTraining, 5):
         run_example(short_args(tiny_bert, small_corpus, skipped, "--skip_nonfinite_steps", "1"))
     weights = load_file(skipped / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())

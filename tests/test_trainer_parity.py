@@ -9,7 +9,6 @@ does for the script.
 
 import json
 import re
-from contextlib import contextmanager
 from unittest import mock
 
 import pytest
@@ -21,6 +20,7 @@ from transformers import Trainer
 from mometas_utils import (MometasForPreTraining, MometasInputError, MometasTrainer, PadCollator, build_objectives,
                            build_sampler)
 from mometas_utils.nonfinite import NonFiniteError
+from conftest import nan_at
 from test_parallel import fake_accelerator
 from test_pretraining import load_script
 from test_trainer import Recorder, sequences, tiny_model, trainer_args
@@ -124,24 +124,6 @@ def test_the_script_and_the_trainer_refuse_the_same_launches_with_the_same_words
 # ----------------------------------------------------------------------------- non-finite
 
 
-@contextmanager
-def nan_at(*forwards):
-    """The training forwards numbered ``forwards`` (from 1) return a NaN loss."""
-    real_forward = MometasForPreTraining.forward
-    calls = {"n": 0}
-
-    def forward(self, *args, **kwargs):
-        output = real_forward(self, *args, **kwargs)
-        if self.training and torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] in forwards:
-                output.loss = output.loss * float("nan")
-        return output
-
-    with mock.patch.object(MometasForPreTraining, "forward", forward):
-        yield
-
-
 def nan_trainer(tokenizer, tmp_path, **settings):
     objectives = ["mlm", "dtd"]
     data = sequences(tokenizer, 24)
@@ -169,7 +151,8 @@ def finite(folder):
 
 def test_a_nan_stops_the_trainer_before_the_step_and_nothing_is_saved_from_it(tokenizer, tmp_path):
     trainer = nan_trainer(tokenizer, tmp_path)
-    with nan_at(3), pytest.raises(NonFiniteError, match=r"^step 3 \(objective (mlm|dtd)\): loss nan$") as error:
+    with nan_at(MometasForPreTraining, 3), \
+            pytest.raises(NonFiniteError, match=r"^step 3 \(objective (mlm|dtd)\): loss nan$") as error:
         trainer.train()
     out = tmp_path / "out"
     assert error.value.step == 3 and not error.value.skips_spent
@@ -189,7 +172,7 @@ def test_skip_nonfinite_steps_skips_the_step_as_the_script_does(tokenizer, tmp_p
     trainer = nan_trainer(tokenizer, tmp_path, skip_nonfinite_steps=1)
     recorder = Recorder(trainer.model)
     trainer.add_callback(recorder)
-    with nan_at(3):
+    with nan_at(MometasForPreTraining, 3):
         trainer.train()
     out = tmp_path / "out"
     history = rows(out)
@@ -205,7 +188,7 @@ def test_skip_nonfinite_steps_skips_the_step_as_the_script_does(tokenizer, tmp_p
     assert trainer.tracker.skipped_steps == 1 and finite(out / "checkpoint-6")
     # A second bad step is one more than allowed: the run stops and says the skips are spent.
     spent = nan_trainer(tokenizer, tmp_path / "spent", skip_nonfinite_steps=1)
-    with nan_at(3, 5), pytest.raises(NonFiniteError, match=r"^step 5 ") as error:
+    with nan_at(MometasForPreTraining, 3, 5), pytest.raises(NonFiniteError, match=r"^step 5 ") as error:
         spent.train()
     assert error.value.skips_spent and checkpoints(tmp_path / "spent" / "out") == ["checkpoint-2", "checkpoint-4"]
 
@@ -216,7 +199,7 @@ def test_an_fp16_run_closes_its_loss_scalers_step_when_it_skips(tokenizer, tmp_p
     assert trainer.accelerator.mixed_precision == "fp16"
     # On a GPU Accelerate makes this scaler itself; on CPU it makes none, so the test hands it one.
     trainer.accelerator.native_amp, trainer.accelerator.scaler = True, torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    with nan_at(3):
+    with nan_at(MometasForPreTraining, 3):
         trainer.train()
     assert trainer.accelerator.scaler.get_scale() < 2.0**16, "the skipped step's NaN gradients lowered the scale"
     history = rows(tmp_path / "out")
@@ -234,7 +217,7 @@ def test_a_skip_inside_the_warm_up_moves_none_of_its_boundaries(tokenizer, tmp_p
                           head_warmup_objectives=["mlm", "dtd"], head_warmup_learning_rate=1e-2)
     recorder = Recorder(trainer.model)
     trainer.add_callback(recorder)
-    with nan_at(2):
+    with nan_at(MometasForPreTraining, 2):
         trainer.train()
     history = rows(tmp_path / "out")
     assert [row["step"] for row in history] == [4, 6, 8] and history[0]["head_warmup_end"] is True
