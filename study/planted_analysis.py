@@ -232,8 +232,10 @@ def verdicts(groups):
         n = len(g["seeds"])
         apart = sum(d is not None and d < 0 for d in g["discrimination_per_seed"])
         kept = None if control is None else control["seeds_at_least_0.15"]
-        if not _most(n, n) or control is None or len(control["seeds"]) < 5:
-            verdict = "not concluded: " + ("no f = 0 control" if control is None else "fewer than 5 seeds")
+        if control is None:
+            verdict = "not concluded: no f = 0 control"
+        elif n < 5 or len(control["seeds"]) < 5:
+            verdict = f"not concluded: {n} of 5 seeds at f = 1, {len(control['seeds'])} of 5 at f = 0"
         elif not _most(kept, len(control["seeds"])):
             verdict = "favours the rewarded objective (the useful duplicate is pushed down too)"
         elif _most(apart, n):
