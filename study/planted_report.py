@@ -26,7 +26,7 @@ def _mean(d, digits=3):
     return "missing" if d is None else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f} (n = {d['n']})"
 
 
-def _paired(groups, a, b):
+def _paired(a, b):
     """Per shared seed: final MLM loss of group a minus group b; with the number of shared seeds."""
     if a is None or b is None:
         return None
@@ -66,7 +66,7 @@ def verdict_markdown(summary: dict, power: dict | None) -> str:
         for (f, arm), g in sorted(at.items(), key=lambda x: ORDER.index(x[0][1]) if x[0][1] in ORDER else 99):
             if f != 1.0 or arm in ("uniform", "oracle") or g["second_half_weight"] is None:
                 continue
-            vs_recipe = _paired(groups, g, recipe) if arm != RECIPE else None
+            vs_recipe = _paired(g, recipe) if arm != RECIPE else None
             text = (f"* {ARM_NAMES.get(arm, arm)}: planted weight {_mean(g['second_half_weight'])}, below 0.10 in "
                     f"{g['seeds_below_0.10']} of {len(g['seeds'])} seeds; discrimination "
                     f"{_mean(g['discrimination'])}; final MLM loss minus uniform's "
@@ -78,7 +78,7 @@ def verdict_markdown(summary: dict, power: dict | None) -> str:
             lines.append(text + (f". Verdict: **{verdict['verdict']}**." if verdict else "."))
         oracle = at.get((1.0, "oracle"))
         if oracle is not None and uniform is not None:
-            gap = _paired(groups, uniform, oracle)
+            gap = _paired(uniform, oracle)
             if gap is not None:
                 lines.append(f"* What the harm costs: uniform's final MLM loss minus the oracle's "
                              f"{gap['mean']:+.3f} ± {gap['std']:.3f} on {gap['n']} shared seeds; the recipe's regret "
