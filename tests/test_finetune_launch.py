@@ -17,7 +17,7 @@ from accelerate.utils import DistributedType
 from huggingface_hub import CommitInfo, RepoUrl
 from safetensors.torch import load_file
 
-from conftest import UploadReadLater
+from conftest import UploadReadLater, nan_at
 from finetune_helpers import make_tiny_bert, one_error_line, run_main
 from test_copy_one_script import CASES
 
@@ -39,20 +39,8 @@ def script_and_argv(script, folder, model, *extra):
 
 
 def nan_loss_at(script, *updates):
-    """The training forwards numbered ``updates`` (from 1) return a NaN loss."""
-    cls = getattr(transformers, MODEL_CLASS[script])
-    real_forward = cls.forward
-    calls = {"n": 0}
-
-    def forward(self, *args, **kwargs):
-        output = real_forward(self, *args, **kwargs)
-        if self.training and torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] in updates:
-                output.loss = output.loss * float("nan")
-        return output
-
-    return mock.patch.object(cls, "forward", forward)
+    """The training forwards numbered ``updates`` (from 1) of the script's model return a NaN loss."""
+    return nan_at(getattr(transformers, MODEL_CLASS[script]), *updates)
 
 
 def scheduler_spy(module):
