@@ -84,6 +84,9 @@ def second_half(rows, steps, name):
 
 def discrimination(rows, steps):
     """Second-half weight of the planted objective minus the mean of CSE's, ATD's and DTD's."""
+    drawn = {name for _, _, mean in drawn_weights(rows) for name in mean}
+    if not {PLANTED, *UNHELPFUL} <= drawn:  # a run without one of them has nothing to compare
+        return None
     planted = second_half(rows, steps, PLANTED)
     others = [second_half(rows, steps, n) for n in UNHELPFUL]
     if planted is None or None in others:
@@ -221,8 +224,9 @@ def verdicts(groups):
 
     It detects harm when, at f = 1, the planted objective's discrimination is below 0 in at least 4 of 5
     seeds and, at f = 0, the duplicate keeps a weight of at least 0.15 in at least 4 of 5 seeds. A sampler
-    that pushes the duplicate down too favours the rewarded objective; without the f = 0 runs, or with
-    fewer than 5 seeds, nothing is concluded.
+    that pushes the duplicate down too favours the rewarded objective. One that does not set the planted
+    objective apart at f = 1 detects nothing, and needs no control to say so; one that does, without its
+    f = 0 runs, is not concluded. Fewer than 5 seeds conclude nothing.
     """
     out = {}
     for g in groups.values():
@@ -232,9 +236,12 @@ def verdicts(groups):
         n = len(g["seeds"])
         apart = sum(d is not None and d < 0 for d in g["discrimination_per_seed"])
         kept = None if control is None else control["seeds_at_least_0.15"]
-        if control is None:
-            verdict = "not concluded: no f = 0 control"
-        elif n < 5 or len(control["seeds"]) < 5:
+        if n < 5 or sum(d is not None for d in g["discrimination_per_seed"]) < n:
+            verdict = f"not concluded: {n} of 5 seeds at f = 1" if n < 5 else "not concluded: no discrimination measured"
+        elif control is None:
+            verdict = ("does not tell the harm apart" if not _most(apart, n)
+                       else "not concluded: sets the harm apart, but has no f = 0 control")
+        elif len(control["seeds"]) < 5:
             verdict = f"not concluded: {n} of 5 seeds at f = 1, {len(control['seeds'])} of 5 at f = 0"
         elif not _most(kept, len(control["seeds"])):
             verdict = "favours the rewarded objective (the useful duplicate is pushed down too)"

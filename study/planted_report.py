@@ -22,8 +22,16 @@ ARM_NAMES = {
 }
 
 
-def _mean(d, digits=3):
-    return "missing" if d is None else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f} (n = {d['n']})"
+def _mean(d, digits=3, sign=""):
+    """mean ± std (n = …); one value has no spread to print."""
+    if d is None:
+        return "missing"
+    spread = f" ± {d['std']:.{digits}f}" if d["n"] > 1 else ""
+    return f"{d['mean']:{sign}.{digits}f}{spread} (n = {d['n']})"
+
+
+def _seeds(n):
+    return f"{n} shared seed{'s' if n != 1 else ''}"
 
 
 def _paired(a, b):
@@ -72,8 +80,8 @@ def verdict_markdown(summary: dict, power: dict | None) -> str:
                     f"{_mean(g['discrimination'])}; final MLM loss minus uniform's "
                     f"{_mean(g['mlm_loss_minus_uniform'])}")
             if vs_recipe is not None:
-                text += (f"; minus the recipe's {vs_recipe['mean']:+.3f} ± {vs_recipe['std']:.3f} on "
-                         f"{vs_recipe['n']} shared seeds (lower in {vs_recipe['better']})")
+                text += (f"; minus the recipe's {_mean(vs_recipe, sign='+')} on {_seeds(vs_recipe['n'])} "
+                         f"(lower in {vs_recipe['better']})")
             verdict = verdicts.get(f"{testbed}/K{k}/{arm}")
             lines.append(text + (f". Verdict: **{verdict['verdict']}**." if verdict else "."))
         oracle = at.get((1.0, "oracle"))
@@ -81,7 +89,7 @@ def verdict_markdown(summary: dict, power: dict | None) -> str:
             gap = _paired(uniform, oracle)
             if gap is not None:
                 lines.append(f"* What the harm costs: uniform's final MLM loss minus the oracle's "
-                             f"{gap['mean']:+.3f} ± {gap['std']:.3f} on {gap['n']} shared seeds; the recipe's regret "
+                             f"{_mean(gap, sign='+')} on {_seeds(gap['n'])}; the recipe's regret "
                              f"{_mean(recipe['regret']) if recipe else 'missing'}.")
         lines.append("")
     if power:
@@ -93,7 +101,7 @@ def power_sentence(power: dict) -> str:
     """What the paper's K needs, by the power analysis; or why it predicts nothing."""
     from sampler_model import needed_updates
 
-    checks = "; ".join(f"the K = {c['meta_length']} fit {'reproduces' if c['reproduces'] else 'does not reproduce'} "
+    checks = ". ".join(f"The K = {c['meta_length']} fit {'reproduces' if c['reproduces'] else 'does not reproduce'} "
                        f"{ARM_NAMES.get(c['arm'], c['arm'])} ({c['simulated']['second_half_mean']:.3f} simulated, "
                        f"{c['measured']['second_half_mean']:.3f} measured over {len(c['measured']['seeds'])} seeds)"
                        for c in power["checks"])
@@ -101,9 +109,8 @@ def power_sentence(power: dict) -> str:
         return f"**Power analysis.** {checks}: no fit reproduced its own runs, so the model predicts nothing."
     needs = []
     for name in power["trusted_fits"]:
-        for k in (25, 50, 100):
-            n = needed_updates(power, name, k)
-            needs.append(f"K = {k}: {n if n else 'more than 200'} ({name} fit)")
+        at = ", ".join(f"{needed_updates(power, name, k) or 'more than 200'} at K = {k}" for k in (25, 50, 100))
+        needs.append(f"by the {name.replace('K', 'K = ')} fit, {at}")
     return (f"**Power analysis.** {checks}. Updates needed for the planted weight to fall below 0.10 in 4 of 5 "
             f"seeds with probability 0.8: " + "; ".join(needs) + ".")
 

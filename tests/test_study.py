@@ -114,7 +114,8 @@ def test_planted_measures_by_hand():
     # No f = 0 control was run: a missing result, not a pass.
     assert g["bar"] == {"dropped_in_4_of_5": True, "mlm_no_worse_than_uniform": True,
                         "duplicate_kept_in_4_of_5": None, "holds": None}
-    assert verdicts(groups)["small/K10/robust_mlm"]["verdict"] == "not concluded: no f = 0 control"
+    # Without CSE, ATD and DTD beside it there is no discrimination to measure either.
+    assert verdicts(groups)["small/K10/robust_mlm"]["verdict"] == "not concluded: no discrimination measured"
     assert groups["small/K10/f1/uniform"]["seeds_below_0.10"] == 0 and groups["small/K10/f1/uniform"]["bar"] is None
 
 
@@ -260,8 +261,11 @@ def test_planted_discrimination_control_and_verdict_by_hand():
     kept = [w(0.2, 0.2, 0.2)] * 2 + [w(0.30, 0.31, 0.13)] * 2
     pushed = [w(0.2, 0.2, 0.2)] * 2 + [w(0.05, 0.5, 0.15)] * 2
     runs = []
+    # Gb and Lb have no f = 0 control: Lb sets the harm apart (not concluded), Gb does not (nothing detected).
+    blind = [w(0.2, 0.2, 0.2)] * 2 + [w(0.2, 0.35, 0.15)] * 2
     for f, arm, windows in ((1.0, "robust_mlm", harm), (0.0, "robust_mlm", kept), (1.0, "robust_all", harm),
-                            (0.0, "robust_all", pushed), (1.0, "uniform", [w(0.2, 0.2, 0.2)] * 4)):
+                            (0.0, "robust_all", pushed), (1.0, "uniform", [w(0.2, 0.2, 0.2)] * 4),
+                            (1.0, "loss", harm), (1.0, "gradient", blind)):
         for seed in range(1, 6):
             runs.append({"testbed": "toy", "meta_length": 10, "fraction": f, "arm": arm, "seed": seed,
                          "objectives": ["mlm", "cse", "atd", "dtd", "shuffled_mlm"],
@@ -280,6 +284,9 @@ def test_planted_discrimination_control_and_verdict_by_hand():
     found = verdicts(groups)
     assert found["toy/K10/robust_mlm"]["verdict"] == "detects harm"
     assert found["toy/K10/robust_all"]["verdict"].startswith("favours the rewarded objective")
+    assert found["toy/K10/loss"]["verdict"] == "not concluded: sets the harm apart, but has no f = 0 control"
+    assert found["toy/K10/gradient"]["verdict"] == "does not tell the harm apart"
+    assert groups["toy/K10/f1/gradient"]["discrimination_per_seed"] == pytest.approx([0.05] * 5)
     table = markdown(groups)
     assert "| robust_mlm | 5 | 0.050 ± 0.000 (n=5) | -0.100 ± 0.000 (n=5) |" in table
     assert "| -0.100 ± 0.000 (n=5) | – |" in table  # the paired Δ vs uniform exists, the regret does not
