@@ -99,7 +99,7 @@ RESUME_SETTINGS = (
     "validation_split_percentage", "entity_tagger", "entity_column", "per_device_eval_batch_size",
     "meta_eval_batches", "meta_eval_fixed", "dataloader_num_workers", "head_warmup_steps",
 )
-REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale")
+REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale", "entropy_lambda")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -164,6 +164,9 @@ def build_parser(given=()):
                     help="β: step size of the REINFORCE update.")
     mo.add_argument("--entropy_lambda", type=float, default=SAMPLER_DEFAULTS["entropy_lambda"],
                     help="λ: weight of the entropy bonus (Eq. 4).")
+    mo.add_argument("--entropy_lambda_schedule", type=str, default="constant", choices=["constant", "learning_rate"],
+                    help="constant: λ at every update (the paper). learning_rate: λ × the learning rate over its "
+                    "peak so far, so the entropy bonus shrinks with the effect a draw can have (not in the paper).")
     mo.add_argument("--reward", type=str, default="relative", choices=["relative", "overall", "hard"],
                     help="R(τ): relative loss drops (Eq. 3), drop of the summed loss, or ±1 per objective.")
     mo.add_argument("--reward_floor", type=_float_or_none, default=-1.0,
@@ -432,6 +435,7 @@ def make_sampler(args):
         reward=args.reward,
         meta_step_size=args.meta_step_size,
         entropy_lambda=args.entropy_lambda,
+        entropy_lambda_schedule=args.entropy_lambda_schedule,
         weights=parse_weights(args.sampler_weights, args.objective_list),
         smoothing=args.exp3_smoothing,
         loss_scaling=args.exp3_loss_scaling,
@@ -770,7 +774,7 @@ def export_model(accelerator, model, tokenizer, args):
     public = public_args(args)
     (staging / ARGS_FILENAME).write_text(json.dumps(public, indent=2, default=str))
     settings = {key: getattr(args, key) for key in (
-        "meta_length", "meta_step_size", "entropy_lambda", "reward", "reward_floor", "reward_dead_zone",
+        "meta_length", "meta_step_size", "entropy_lambda", "entropy_lambda_schedule", "reward", "reward_floor", "reward_dead_zone",
         "reward_baseline", "reward_normalize", "reward_objectives", "min_probability", "meta_eval_fixed")}
     card = build_model_card(base_model=args.model_name_or_path or args.config_name, objectives=args.objective_list,
                             sampler_name=args.sampler, sampler_settings=settings, rows=rows,
@@ -903,9 +907,12 @@ def train(args, hub_token=None):
                    if every_save and accelerator.is_main_process else None)
     objective = None
 
+    def current_lr():
+        return lr_scheduler.get_last_lr()[0]
+
     def row(step, update, val_losses, seconds, extra=None):
         return write_history_row(accelerator, history, tracker, sampler, step=step, update=update, val_losses=val_losses,
-                                 seconds=seconds, learning_rate=lr_scheduler.get_last_lr()[0], started=started,
+                                 seconds=seconds, learning_rate=current_lr(), started=started,
                                  with_tracking=args.with_tracking, extra=extra)
 
     def batches():
@@ -926,7 +933,7 @@ def train(args, hub_token=None):
     # With a warm-up, the first meta-test waits for trained heads: random heads' losses are no baselines.
     if run_meta_test and completed_steps == 0 and not head_warmup:
         val_losses, seconds = meta_test_losses(model, splits["validation"], eval_collators, args, 0, accelerator, pad)
-        row(0, sampler.update(val_losses), val_losses, seconds)
+        row(0, sampler.update(val_losses, learning_rate=current_lr()), val_losses, seconds)
 
     logger.info(
         f"***** MOMETAS pre-training: objectives {args.objective_list}, sampler {args.sampler}, K={args.meta_length}, "
@@ -984,12 +991,13 @@ def train(args, hub_token=None):
                 getattr(lr_scheduler, "scheduler", lr_scheduler).end_warmup()  # the schedule's phase too
                 val_losses, seconds = (meta_test_losses(model, splits["validation"], eval_collators, args,
                                                         completed_steps, accelerator, pad) if run_meta_test else (None, None))
-                row(completed_steps, sampler.update(val_losses), val_losses, seconds, extra={"head_warmup_end": True})
+                row(completed_steps, sampler.update(val_losses, learning_rate=current_lr()), val_losses, seconds,
+                    extra={"head_warmup_end": True})
             elif completed_steps > head_warmup and (completed_steps - head_warmup) % args.meta_length == 0:
                 # Meta-test (lines 9-12): validation losses, reward, sampler update.
                 val_losses, seconds = (meta_test_losses(model, splits["validation"], eval_collators, args,
                                                         completed_steps, accelerator, pad) if run_meta_test else (None, None))
-                update = sampler.update(val_losses)
+                update = sampler.update(val_losses, learning_rate=current_lr())
                 row(completed_steps, update, val_losses, seconds)
             elif completed_steps == args.max_train_steps:
                 row(completed_steps, None, None, None)  # the last steps fill no window: no sampler update

@@ -96,7 +96,7 @@ TASKS = {
 GLUE_TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "rte": 2490}
 
 SAMPLER_CHOICES = ["uniform", "proportional", "mometas", "gradient", "loss", "fixed"]
-REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale")
+REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale", "entropy_lambda")
 # What a run writes in --output_dir; --overwrite_output_dir deletes these and nothing else.
 RUN_FILES = ("config.json", "model.safetensors", "heads.safetensors", "heads.json", "sampler_history.jsonl",
              "all_results.json", "multitask_args.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
@@ -155,6 +155,9 @@ def parse_args(argv=None):
                      help="β: step size of MOMETAS's REINFORCE update.")
     sam.add_argument("--entropy_lambda", type=float, default=SAMPLER_DEFAULTS["entropy_lambda"],
                      help="λ: weight of the entropy bonus (Eq. 4).")
+    sam.add_argument("--entropy_lambda_schedule", type=str, default="constant", choices=["constant", "learning_rate"],
+                     help="constant: λ at every update (the paper). learning_rate: λ × the learning rate over its "
+                     "peak so far (not in the paper).")
     sam.add_argument("--reward", type=str, default="relative", choices=["relative", "overall", "hard"],
                      help="R(τ): relative loss drops (Eq. 3), drop of the summed loss, or ±1 per task.")
     sam.add_argument("--reward_floor", type=_float_or_none, default=-1.0,
@@ -549,7 +552,8 @@ def run(args):
     sampler = build_sampler(
         "fixed" if args.sampler == "proportional" else args.sampler, tasks,
         meta_length=args.meta_length, seed=args.seed, reward=args.reward, meta_step_size=args.meta_step_size,
-        entropy_lambda=args.entropy_lambda, weights=weights, reward_floor=args.reward_floor,
+        entropy_lambda=args.entropy_lambda,
+        entropy_lambda_schedule=args.entropy_lambda_schedule, weights=weights, reward_floor=args.reward_floor,
         reward_dead_zone=args.reward_dead_zone, reward_objectives=args.reward_tasks,
         reward_baseline=args.reward_baseline, reward_baseline_decay=args.reward_baseline_decay,
         reward_normalize=args.reward_normalize, min_probability=args.min_probability,
@@ -647,7 +651,7 @@ def run(args):
                 f"K={args.meta_length}, {args.max_train_steps} steps of {args.per_device_train_batch_size} examples *****")
     if run_meta_test:
         val_losses, seconds = meta_test()
-        write_row(0, sampler.update(val_losses), val_losses, seconds)  # step 0: the baselines b_i
+        write_row(0, sampler.update(val_losses, learning_rate=lr_scheduler.get_last_lr()[0]), val_losses, seconds)  # step 0: the baselines b_i
 
     model.train()
     progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
@@ -678,7 +682,7 @@ def run(args):
         if step % args.meta_length == 0:
             # Meta-test: every task's validation loss, then the sampler's update (MOMETAS: reward, REINFORCE).
             val_losses, seconds = meta_test() if run_meta_test else (None, None)
-            write_row(step, sampler.update(val_losses), val_losses, seconds)
+            write_row(step, sampler.update(val_losses, learning_rate=lr_scheduler.get_last_lr()[0]), val_losses, seconds)
         elif step == args.max_train_steps:
             write_row(step, None, None, None)  # the last steps fill no window: no sampler update
     progress.close()

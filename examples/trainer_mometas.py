@@ -79,6 +79,8 @@ class MometasArguments:
     meta_length: int = field(default=SAMPLER_DEFAULTS["meta_length"], metadata={"help": "K: steps between meta-tests."})
     meta_step_size: float = field(default=SAMPLER_DEFAULTS["meta_step_size"], metadata={"help": "β of the REINFORCE step."})
     entropy_lambda: float = field(default=SAMPLER_DEFAULTS["entropy_lambda"], metadata={"help": "λ of the entropy bonus."})
+    entropy_lambda_schedule: Literal["constant", "learning_rate"] = field(default="constant", metadata={
+        "help": "constant: λ at every update (the paper); learning_rate: λ × the learning rate over its peak so far."})
     reward: Literal["relative", "overall", "hard"] = field(default="relative", metadata={
         "help": "R(τ): relative loss drops (Eq. 3), drop of the summed loss, or ±1 per objective."})
     reward_floor: float | None = field(default=-1.0, metadata={
@@ -194,7 +196,8 @@ def make_sampler(args, objectives, seed):
     """The script's make_sampler: every reward and sampler flag reaches the sampler, which checks them."""
     return build_sampler(
         args.sampler, objectives, meta_length=args.meta_length, seed=seed, reward=args.reward,
-        meta_step_size=args.meta_step_size, entropy_lambda=args.entropy_lambda, weights=parse_weights(args.sampler_weights),
+        meta_step_size=args.meta_step_size, entropy_lambda=args.entropy_lambda,
+        entropy_lambda_schedule=args.entropy_lambda_schedule, weights=parse_weights(args.sampler_weights),
         smoothing=args.exp3_smoothing, loss_scaling=args.exp3_loss_scaling, reward_floor=args.reward_floor,
         reward_dead_zone=args.reward_dead_zone, reward_objectives=args.reward_objectives,
         reward_baseline=args.reward_baseline, reward_baseline_decay=args.reward_baseline_decay,
@@ -295,7 +298,7 @@ def train(args, training_args):
     if trainer.is_world_process_zero():
         rows = read_history(training_args.output_dir)
         settings = {key: getattr(args, key) for key in (
-            "meta_length", "meta_step_size", "entropy_lambda", "reward", "reward_floor", "reward_dead_zone",
+            "meta_length", "meta_step_size", "entropy_lambda", "entropy_lambda_schedule", "reward", "reward_floor", "reward_dead_zone",
             "reward_baseline", "reward_normalize", "reward_objectives", "min_probability", "meta_eval_fixed")}
         card = build_model_card(base_model=args.model_name_or_path or args.config_name, objectives=objectives,
                                 sampler_name=args.sampler, sampler_settings=settings, rows=rows,

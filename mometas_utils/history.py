@@ -4,7 +4,8 @@ The training script appends one JSON row at step 0 (the first meta-test, if any)
 meta-test / sampler update (every meta length K steps) and once at the end when the last
 steps do not fill a window. A row holds ``step``, ``sampler``, ``objectives``,
 ``probabilities``, ``entropy``, ``reward`` (R(τ), null without one), ``reward_terms``,
-``reward_floored``, ``advantage``, ``reward_baseline``, ``reward_scale``, ``val_loss``,
+``reward_floored``, ``advantage``, ``reward_baseline``, ``reward_scale``, ``entropy_lambda`` (the λ
+of a MOMETAS update), ``val_loss``,
 ``train_loss`` (mean per objective over the window), ``counts`` and ``rollout`` (the draws of the
 window), ``mean_probabilities`` (the mean distribution the window's draws were made from; for a
 sampler that moves every step, such as exp3, what was really drawn from), ``tokens_seen`` (cumulative non-pad tokens per objective, all processes),

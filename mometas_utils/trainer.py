@@ -319,7 +319,7 @@ class MometasTrainer(Trainer):
         # With a warm-up, the first meta-test waits for trained heads: random heads' losses are no baselines.
         if self.run_meta_test and self.state.global_step == 0 and not self.head_warmup_steps:
             val_losses, seconds = self._meta_test()
-            self._write_row(self.sampler.update(val_losses), val_losses, seconds)  # the baselines b_i
+            self._write_row(self.sampler.update(val_losses, learning_rate=self._learning_rate()), val_losses, seconds)  # the baselines b_i
 
     def _end_of_step(self):
         """After the optimizer step: the sampler observes it; every K steps, meta-test and update (lines 9-12).
@@ -341,10 +341,10 @@ class MometasTrainer(Trainer):
             set_encoder_trainable(self.accelerator.unwrap_model(self.model_wrapped), True)
             self.lr_scheduler.end_warmup()
             val_losses, seconds = self._meta_test() if self.run_meta_test else (None, None)
-            self._write_row(self.sampler.update(val_losses), val_losses, seconds, extra={"head_warmup_end": True})
+            self._write_row(self.sampler.update(val_losses, learning_rate=self._learning_rate()), val_losses, seconds, extra={"head_warmup_end": True})
         elif step > self.head_warmup_steps and (step - self.head_warmup_steps) % self.sampler.meta_length == 0:
             val_losses, seconds = self._meta_test() if self.run_meta_test else (None, None)
-            self._write_row(self.sampler.update(val_losses), val_losses, seconds)
+            self._write_row(self.sampler.update(val_losses, learning_rate=self._learning_rate()), val_losses, seconds)
         elif step == self.state.max_steps:
             self._write_row(None, None, None)  # the last steps fill no window: no sampler update
 

@@ -23,7 +23,7 @@ from .parallel import check_parallel_support
 #: Per process: the sampler, the collators' generators and the tracker, beside the Trainer's own files.
 STATE_FILENAME = "mometas_state_{process}.pt"
 #: The update's reward statistics a history row carries when the sampler returns them (as the script's rows).
-REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale")
+REWARD_FIELDS = ("reward_terms", "reward_floored", "advantage", "reward_baseline", "reward_scale", "entropy_lambda")
 
 
 def history_row(sampler, window: Mapping, *, step: int, update: Mapping | None, val_losses: Mapping | None,

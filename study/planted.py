@@ -71,6 +71,9 @@ ARMS = {
     # Arms of the earlier K = 8 study on MiniLM (study/results/planted/), kept to reproduce it.
     "robust_named": ["--sampler", "mometas", "--reward_objectives", "mlm,cse,atd,dtd"],
     "robust_mlm_lambda1": ["--sampler", "mometas", "--reward_objectives", "mlm", "--entropy_lambda", "1"],
+    # The one estimator change the benchmark tries (docs/study.md §3): λ follows the learning rate.
+    "robust_mlm_lr_lambda": ["--sampler", "mometas", "--reward_objectives", "mlm", "--entropy_lambda_schedule",
+                             "learning_rate"],
 }
 
 #: The two testbeds; every value can be overridden by the flag of the same name.
@@ -104,11 +107,14 @@ TESTBEDS = {
 
 #: ``--grid benchmark``: (testbed, K, f, arms), in the order they run, so that a grid stopped half-way has the
 #: most decisive cells done: the f = 0 control of the README's recipe at K = 25 (does the sampler keep a useful
-#: duplicate, or push down everything that is not MLM?), the rivals at K = 25, then the paper's K = 100.
+#: duplicate, or push down everything that is not MLM?), the rivals at K = 25, then the paper's K = 100; last, the
+#: one estimator change tried, on the recipe's seeds at f = 1 and f = 0.
 BENCHMARK = [
     ("minilm", 25, 0.0, ["uniform", "robust_mlm", "robust_mlm_lambda1", "exp3"]),
     ("minilm", 25, 1.0, ["exp3", "oracle", "paper", "robust_all", "gradient", "loss", "exp3_raw"]),
     ("minilm2k", 100, 1.0, ["uniform", "robust_mlm", "exp3", "oracle"]),
+    ("minilm", 25, 1.0, ["robust_mlm_lr_lambda"]),
+    ("minilm", 25, 0.0, ["robust_mlm_lr_lambda"]),
 ]
 CACHE = STUDY_DIR / "cache" / "benchmark"
 OUT = RESULTS_DIR / "benchmark"
@@ -251,7 +257,7 @@ def run_one(args, job):
               "--max_train_steps", str(settings["max_train_steps"]), "--learning_rate", str(settings["learning_rate"]),
               "--warmup_ratio", str(settings["warmup_ratio"]), "--seed", str(seed), "--output_dir", str(output_dir),
               *args.extra.split()]
-    if arm not in ("paper", "robust_all", "robust_mlm", "robust_named", "robust_mlm_lambda1"):
+    if arm not in ("paper", "robust_all", "robust_mlm", "robust_named", "robust_mlm_lambda1", "robust_mlm_lr_lambda"):
         script.append("--baseline_meta_test")  # validation curves for the samplers that do not need them
     tic = time.perf_counter()
     freeze = "1" if settings.get("freeze_embeddings") else "0"
@@ -391,7 +397,10 @@ def main(argv=None):
         sys.exit("error: no finished runs to report")
     report = analyse(results)
     folder = Path(args.results)
-    write_json(folder.with_suffix(".json"), {"runs": len(results), "groups": report, "verdicts": verdicts(report)})
+    from planted_report import candidate_decision
+
+    write_json(folder.with_suffix(".json"), {"runs": len(results), "groups": report, "verdicts": verdicts(report),
+                                             "candidate": candidate_decision(report)})
     plot_weights(results, folder.with_name(f"{folder.name}_weights.png"))  # the largest K: the paper's 100
     learned = {(r["testbed"], r["meta_length"]) for r in results if r["arm"] not in ("uniform", "oracle")}
     for testbed, k in sorted(learned - {("minilm2k", 100)}):  # a figure of flat lines says nothing

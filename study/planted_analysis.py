@@ -42,7 +42,7 @@ OBJECTIVES = ["mlm", "cse", "atd", "dtd", PLANTED]
 UNHELPFUL = ["cse", "atd", "dtd"]
 DROPPED = 0.10
 KEPT = 0.15
-ROBUST = ("robust_all", "robust_mlm")
+ROBUST = ("robust_all", "robust_mlm", "robust_mlm_lr_lambda")
 
 
 def drawn_weights(rows):
@@ -271,7 +271,7 @@ def _drops(g):
 
 
 ORDER = ["uniform", "gradient", "loss", "exp3", "exp3_raw", "paper", "robust_all", "robust_mlm", "robust_mlm_lambda1",
-         "oracle"]
+         "robust_mlm_lr_lambda", "oracle"]
 
 
 def markdown(groups) -> str:

@@ -13,11 +13,14 @@ import statistics
 from planted_analysis import ORDER
 
 RECIPE = "robust_mlm"
+#: The one estimator change the benchmark tries (study/planted.py's arm of that name).
+CANDIDATE = "robust_mlm_lr_lambda"
 #: What each arm is, in the words of the docs.
 ARM_NAMES = {
     "uniform": "uniform (Ub)", "gradient": "Gb", "loss": "Lb", "paper": "the literal paper (`--paper_reward`)",
     "robust_all": "MOMETAS, default reward", "robust_mlm": "the recipe (`--reward_objectives mlm`, λ = 3)",
-    "robust_mlm_lambda1": "the recipe at λ = 1", "exp3": "EXP3 on scale-free losses",
+    "robust_mlm_lambda1": "the recipe at λ = 1",
+    "robust_mlm_lr_lambda": "the recipe with λ following the learning rate", "exp3": "EXP3 on scale-free losses",
     "exp3_raw": "EXP3 on raw losses (ODM)", "oracle": "the oracle",
 }
 
@@ -44,6 +47,41 @@ def _paired(a, b):
         return None
     return {"mean": statistics.fmean(diffs), "std": statistics.pstdev(diffs) if len(diffs) > 1 else 0.0,
             "n": len(diffs), "better": sum(d < 0 for d in diffs)}
+
+
+def _per_seed_difference(a, b, key):
+    """a's per-seed ``key`` minus b's, on the seeds both have: (differences, seeds)."""
+    theirs = dict(zip(b["seeds"], b[key]))
+    pairs = [(x - theirs[s], s) for s, x in zip(a["seeds"], a[key]) if x is not None and theirs.get(s) is not None]
+    return [d for d, _ in pairs], [s for _, s in pairs]
+
+
+def candidate_decision(groups) -> dict | None:
+    """The estimator change against the recipe on the same seeds, in the (testbed, K) it ran at (None: it has
+    not run): discrimination at f = 1 (lower is better) and the duplicate's weight at f = 0 (higher is
+    better). It becomes the default only if both improve on average over 5 shared seeds each."""
+    ran = sorted({(g["testbed"], g["meta_length"]) for g in groups.values() if g["arm"] == CANDIDATE})
+    if not ran:
+        return None
+    testbed, k = ran[0]
+    cell = {f: {arm: groups.get(f"{testbed}/K{k}/f{f:g}/{arm}") for arm in (RECIPE, CANDIDATE)} for f in (1.0, 0.0)}
+    out = {"testbed": testbed, "meta_length": k, "arm": CANDIDATE, "against": RECIPE}
+    for f, key, name in ((1.0, "discrimination_per_seed", "discrimination"),
+                         (0.0, "second_half_weight_per_seed", "duplicate_weight")):
+        mine, recipe = cell[f][CANDIDATE], cell[f][RECIPE]
+        diffs, seeds = _per_seed_difference(mine, recipe, key) if mine and recipe else ([], [])
+        out[f"{name}_minus_recipe_per_seed"] = diffs
+        out[f"{name}_seeds"] = seeds
+        out[f"{name}_minus_recipe"] = ({"mean": statistics.fmean(diffs), "n": len(diffs),
+                                        "std": statistics.pstdev(diffs) if len(diffs) > 1 else 0.0} if diffs else None)
+    d, w = out["discrimination_minus_recipe"], out["duplicate_weight_minus_recipe"]
+    if d is None or w is None or d["n"] < 5 or w["n"] < 5:
+        out["decision"] = "not concluded: fewer than 5 shared seeds at f = 1 or f = 0"
+    elif d["mean"] < 0 and w["mean"] > 0:
+        out["decision"] = "improves both: make it the default"
+    else:
+        out["decision"] = "does not improve both: the defaults stay"
+    return out
 
 
 def _cells(groups):
@@ -92,6 +130,17 @@ def verdict_markdown(summary: dict, power: dict | None) -> str:
                              f"{_mean(gap, sign='+')} on {_seeds(gap['n'])}; the recipe's regret "
                              f"{_mean(recipe['regret']) if recipe else 'missing'}.")
         lines.append("")
+    change = summary.get("candidate")
+    if change:
+        d, w = change["discrimination_minus_recipe"], change["duplicate_weight_minus_recipe"]
+        lines += [f"**The one estimator change** ({ARM_NAMES[CANDIDATE]}, `--entropy_lambda_schedule learning_rate`, "
+                  f"K = {change['meta_length']}), against the recipe on the same seeds: discrimination "
+                  + ("missing" if d is None else f"{_mean(d, sign='+')} (lower in "
+                     f"{sum(x < 0 for x in change['discrimination_minus_recipe_per_seed'])})")
+                  + ", the duplicate's weight at f = 0 "
+                  + ("missing" if w is None else f"{_mean(w, sign='+')} (higher in "
+                     f"{sum(x > 0 for x in change['duplicate_weight_minus_recipe_per_seed'])})")
+                  + f". Decision: **{change['decision']}**.", ""]
     if power:
         lines.append(power_sentence(power))
     return "\n".join(lines).strip()
@@ -150,9 +199,14 @@ def readme_lines(summary: dict, power: dict | None) -> str:
             f"{ARM_NAMES.get(g['arm'], g['arm'])} {_short(g['second_half_weight'])}"
             for g in sorted(rivals, key=lambda g: ORDER.index(g["arm"]))) + ".")
     concluded = [v for v in verdicts.values() if not v["verdict"].startswith("not concluded")]
-    lines.append("- Verdicts: " + ("; ".join(f"{ARM_NAMES.get(v['arm'], v['arm'])} at K = {v['meta_length']}: "
-                                             f"{v['verdict']}" for v in concluded)
-                                   if concluded else "none yet (an arm needs 5 seeds at f = 1 and at f = 0).") )
+    def evidence(v):
+        kept = "" if v["duplicate_kept_seeds"] is None else (
+            f", the duplicate at 0.15 or more in {v['duplicate_kept_seeds']} of {v['control_seeds']}")
+        return f"discrimination below 0 in {v['discrimination_negative_seeds']} of {v['seeds']} seeds{kept}"
+
+    lines.append("- Verdicts: " + ("; ".join(f"{ARM_NAMES.get(v['arm'], v['arm'])} at K = {v['meta_length']} "
+                                             f"{v['verdict']} ({evidence(v)})" for v in concluded) + "."
+                                   if concluded else "none yet (an arm needs 5 seeds at f = 1 and at f = 0)."))
     if power and power.get("trusted_fits"):
         from sampler_model import needed_updates
 

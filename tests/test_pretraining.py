@@ -590,3 +590,24 @@ def test_copy_one_script_runs_with_an_installed_library(tiny_bert, english_corpu
         "out", "run_mometas_pretraining.py"]
     print(f"copy-one-script: mometas_utils from {probe.stdout.split()[0]}; --help {len(help_.stdout.splitlines())} "
           f"lines; a 2-step run in {work} wrote {len(list((work / 'out').iterdir()))} files")
+
+
+def test_the_entropy_weight_follows_the_scripts_learning_rate(tiny_bert, english_corpus, tmp_path):
+    """--entropy_lambda_schedule learning_rate: each update's lambda_t is lambda x its row's rate over the
+    largest rate of the rows so far, through the warm-up's rise and the linear decay."""
+    args = ["mometas" if a == "uniform" else a for a in QUICK]
+    done = run_script(["--model_name_or_path", tiny_bert, "--train_file", english_corpus, *args, "--max_train_steps", 10,
+                       "--num_warmup_steps", 4, "--entropy_lambda", 2, "--entropy_lambda_schedule", "learning_rate",
+                       "--output_dir", tmp_path / "run"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_rows(tmp_path / "run")
+    updates = [r for r in rows if "entropy_lambda" in r]
+    assert [r["step"] for r in updates] == [2, 4, 6, 8, 10]
+    peak = 0.0
+    for row in rows:
+        peak = max(peak, row["learning_rate"])
+        if "entropy_lambda" in row:
+            assert row["entropy_lambda"] == pytest.approx(2.0 * row["learning_rate"] / peak)
+    assert [r["entropy_lambda"] for r in updates][:2] == [pytest.approx(2.0)] * 2  # rising: the rate is its own peak
+    assert updates[-1]["entropy_lambda"] == 0.0  # the schedule's end: no entropy bonus is left
+    assert json.loads((tmp_path / "run" / "mometas_args.json").read_text())["entropy_lambda_schedule"] == "learning_rate"

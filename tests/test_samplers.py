@@ -129,6 +129,45 @@ def test_entropy_gradient_is_zero_at_uniform():
     assert s.entropy() > before
 
 
+def test_entropy_lambda_follows_the_learning_rate_by_hand():
+    """entropy_lambda_schedule="learning_rate": lambda_t = lambda * lr_t / max(lr_1..lr_t).
+
+    With R = 0 (equal losses) only the entropy term moves psi. At p = (3/4, 1/4),
+    dH/dpsi_0 = -p_0 (log p_0 + H) = -dH/dpsi_1, H = -(3/4 log 3/4 + 1/4 log 1/4), so one update moves
+    psi_0 by beta * lambda_t * dH/dpsi_0.
+    """
+    p0, p1 = 0.75, 0.25
+    h = -(p0 * math.log(p0) + p1 * math.log(p1))
+    d_h = -p0 * (math.log(p0) + h)
+    s = MometasSampler(["a", "b"], meta_length=2, entropy_lambda=3.0, entropy_lambda_schedule="learning_rate",
+                       reward_baseline="none", reward_normalize=False)
+    equal = {"a": 1.0, "b": 1.0}
+    s.update(equal, learning_rate=0.0)  # the baselines, at the warm-up's first rate 0
+    moves = []
+    for lr in (4e-4, 1e-4, 2e-4, 8e-4, 2e-4):  # the peak so far: 4e-4, 4e-4, 4e-4, 8e-4, 8e-4
+        s.logits = torch.tensor([math.log(3.0), 0.0], dtype=torch.float64)
+        s.rollout = [0, 1]
+        out = s.update(equal, learning_rate=lr)
+        moves.append((out["entropy_lambda"], float(s.logits[0]) - math.log(3.0)))
+    for (lam, move), factor in zip(moves, (1.0, 0.25, 0.5, 1.0, 0.25)):
+        assert lam == pytest.approx(3.0 * factor)
+        assert move == pytest.approx(0.1 * 3.0 * factor * d_h, rel=1e-12)
+
+    # The peak is state: a resumed sampler measures the next rate against the same peak.
+    again = MometasSampler(["a", "b"], meta_length=2, entropy_lambda=3.0, entropy_lambda_schedule="learning_rate")
+    again.load_state_dict(s.state_dict())
+    again.rollout = [0]
+    assert again.update(equal, learning_rate=4e-4)["entropy_lambda"] == pytest.approx(1.5)
+
+    # It needs the rate at every meta-test; the paper's constant lambda needs none and ignores it.
+    with pytest.raises(MometasInputError, match="learning_rate"):
+        s.update(equal)
+    constant = MometasSampler(["a", "b"], meta_length=2, entropy_lambda=3.0)
+    constant.update(equal)
+    constant.rollout = [0]
+    assert constant.update(equal, learning_rate=1e-9)["entropy_lambda"] == 3.0
+
+
 def test_update_with_empty_rollout_only_refreshes_baselines():
     s = MometasSampler(["a", "b"], meta_length=4)
     s.logits = torch.tensor([0.2, -0.1], dtype=torch.float64)
@@ -394,6 +433,7 @@ BAD_ARGUMENTS = [
     ("reward_baseline_decay", lambda: MometasSampler(OBJ, reward_baseline_decay=1.0)),
     ("min_probability", lambda: MometasSampler(OBJ, min_probability=0.25)),
     ("min_probability", lambda: MometasSampler(OBJ, min_probability=-0.01)),
+    ("entropy_lambda_schedule", lambda: MometasSampler(OBJ, entropy_lambda_schedule="cosine")),
     ("smoothing", lambda: Exp3Sampler(OBJ, smoothing=1.0)),
     ("smoothing", lambda: Exp3Sampler(OBJ, smoothing=-0.1)),
 ]

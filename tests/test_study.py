@@ -227,6 +227,15 @@ def test_sampler_model_simulation_and_reproduction_rule_by_hand():
     strong = simulate(model, meta_length=10, updates=60, entropy_lambda=0.0, runs=4, seed=0)
     entropic = simulate(model, meta_length=10, updates=60, entropy_lambda=3.0, runs=4, seed=0)
     assert strong["second_half_mean"] < entropic["second_half_mean"] < 0.2
+    # λ following the rate: full strength early, none left at the end, so between the two.
+    follows = simulate(model, meta_length=10, updates=60, entropy_lambda=3.0, runs=4, seed=0,
+                       entropy_lambda_schedule="learning_rate")
+    assert strong["second_half_mean"] < follows["second_half_mean"] < entropic["second_half_mean"]
+    # The control: a duplicate that helps as MLM does climbs above uniform's 0.2, and the report counts the
+    # runs that keep it at 0.15 or more.
+    control = simulate(model, meta_length=10, updates=60, entropy_lambda=3.0, runs=4, seed=0, fraction=0.0)
+    assert control["second_half_mean"] > 0.3 and control["share_at_least_0.15"] == 1.0
+    assert "share_below_0.10" not in control
     # Harm that is gone before the meta-test (recovery in one step) leaves the sampler nothing to learn from.
     hidden = simulate({**model, "persistent_share": 0.0, "recovery_steps": 1.0, "noise": {"s0": 0.002, "s1": 0.0}},
                       meta_length=100, updates=10, entropy_lambda=3.0, runs=4, seed=0)
@@ -287,6 +296,25 @@ def test_planted_discrimination_control_and_verdict_by_hand():
     assert found["toy/K10/loss"]["verdict"] == "not concluded: sets the harm apart, but has no f = 0 control"
     assert found["toy/K10/gradient"]["verdict"] == "does not tell the harm apart"
     assert groups["toy/K10/f1/gradient"]["discrimination_per_seed"] == pytest.approx([0.05] * 5)
+    # The estimator change on the same seeds: discrimination -0.14 against the recipe's -0.10 at f = 1, the
+    # duplicate at 0.35 against 0.30 at f = 0. Both improve; on 4 seeds nothing is concluded.
+    from planted_report import candidate_decision
+
+    sharper = [w(0.2, 0.2, 0.2)] * 2 + [w(0.02, 0.5, 0.16)] * 2
+    keeps_more = [w(0.2, 0.2, 0.2)] * 2 + [w(0.35, 0.31, 0.34 / 3)] * 2
+    change = [{**runs[0], "arm": "robust_mlm_lr_lambda", "fraction": f, "seed": seed, "rows": _weights_rows(windows)}
+              for f, windows in ((1.0, sharper), (0.0, keeps_more)) for seed in range(1, 6)]
+    decided = candidate_decision(analyse(runs + change))
+    assert decided["discrimination_minus_recipe_per_seed"] == pytest.approx([-0.04] * 5)
+    assert decided["duplicate_weight_minus_recipe_per_seed"] == pytest.approx([0.05] * 5)
+    assert decided["decision"] == "improves both: make it the default"
+    from planted_report import verdict_markdown
+
+    text = verdict_markdown({"groups": analyse(runs + change), "verdicts": {}, "candidate": decided}, None)
+    assert ("discrimination -0.040 ± 0.000 (n = 5) (lower in 5), the duplicate's weight at f = 0 +0.050 ± 0.000 "
+            "(n = 5) (higher in 5). Decision: **improves both: make it the default**.") in text
+    assert candidate_decision(analyse(runs + change[1:]))["decision"].startswith("not concluded")
+    assert candidate_decision(groups) is None  # no run of the change: nothing to decide
     table = markdown(groups)
     assert "| robust_mlm | 5 | 0.050 ± 0.000 (n=5) | -0.100 ± 0.000 (n=5) |" in table
     assert "| -0.100 ± 0.000 (n=5) | – |" in table  # the paired Δ vs uniform exists, the regret does not

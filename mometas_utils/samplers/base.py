@@ -184,11 +184,13 @@ class ObjectiveSampler:
         """
         self._objective_index(objective)
 
-    def update(self, val_losses: Mapping[str, float] | None = None) -> dict:
+    def update(self, val_losses: Mapping[str, float] | None = None, *, learning_rate: float | None = None) -> dict:
         """Meta-test: compute R(tau), adapt P_D, move the baselines, clear the rollout.
 
         ``val_losses`` maps every objective to its validation loss a_i at this meta-test
-        (identical on all processes). The first usable meta-test only stores the baselines
+        (identical on all processes). ``learning_rate``: the optimizer's learning rate now, for
+        an update that follows it (MOMETAS with ``entropy_lambda_schedule="learning_rate"``);
+        the other samplers ignore it. The first usable meta-test only stores the baselines
         b_i and returns reward None. A NaN or infinite loss is skipped with a warning: the
         reward is None, the baselines stay, and MOMETAS does not step (gradient and loss,
         which adapt from training signals, still do). For the relative reward a b_i <= 0
@@ -220,6 +222,7 @@ class ObjectiveSampler:
                 metrics.update(self._reward(self.baselines, current))
 
         rollout_length = len(self.rollout)
+        self._observe_learning_rate(learning_rate)
         metrics.update(self._adapt(metrics["reward"]))
         if current is not None:
             self.baselines = current
@@ -245,6 +248,9 @@ class ObjectiveSampler:
             "reward_terms": {n: float(t) for n, t, m in zip(self.objectives, terms, mask) if m},
             "reward_floored": int(floored[mask].sum()),
         }
+
+    def _observe_learning_rate(self, learning_rate: float | None) -> None:
+        """The learning rate :meth:`update` was given (before :meth:`_adapt`); unused by default."""
 
     def _adapt(self, reward: float | None) -> dict:
         """Change P_D at meta-test; return at least ``{"updated": bool}``. Windows are cleared here."""
