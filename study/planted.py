@@ -20,9 +20,10 @@ learning unigram frequencies is not hurt by shuffled targets; see docs/study.md)
 
 The arms (``ARMS``): Ub, Gb, Lb, MOMETAS with --paper_reward, with the default reward and with
 --reward_objectives mlm (the README's recipe), ODM's EXP3 bandit (--sampler exp3, on scale-free
-losses; exp3_raw on raw ones) and the oracle,
-uniform over the four objectives without the planted one (the MLM loss a perfect sampler could
-reach). Every arm meta-tests every K steps, so every run records its validation curves.
+losses; exp3_raw on raw ones), the oracle, uniform over the four objectives without the planted one
+(the MLM loss a perfect sampler could reach), and the one estimator change tried, the recipe with λ
+following the learning rate (robust_mlm_lr_lambda). Every arm meta-tests every K steps, so every run
+records its validation curves.
 
     python study/planted.py --grid benchmark --jobs 2     # the whole grid (~15 h of one core)
     python study/planted.py --testbed minilm2k --arms uniform,robust_mlm --seeds 1,2
