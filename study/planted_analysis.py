@@ -257,7 +257,10 @@ def verdicts(groups):
 
 
 def _ms(d, digits=3):
-    return "–" if d is None else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f} (n={d['n']})"
+    if d is None:
+        return "–"
+    spread = f" ± {d['std']:.{digits}f}" if d["n"] > 1 else ""  # one seed has no spread
+    return f"{d['mean']:.{digits}f}{spread} (n={d['n']})"
 
 
 def _drops(g):
