@@ -174,7 +174,9 @@ def command_line():
     sys.path.insert(0, str(ROOT / "study"))
     from common import portable
 
-    return " ".join(["python", "bench/bench_pipeline.py", *portable(sys.argv[1:])])
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return " ".join([*([f"OMP_NUM_THREADS={omp}"] if omp else []), "python", "bench/bench_pipeline.py",
+                     *portable(sys.argv[1:])])
 
 
 def write_results(args, data):
