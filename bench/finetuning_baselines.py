@@ -78,7 +78,7 @@ SCORES = {
 EPOCH_LINE = re.compile(r"\bepoch (\d+): (\{[^{}]*\})")
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", choices=["run", "report"], default="run",
@@ -86,7 +86,7 @@ def parse_args():
     parser.add_argument("--tasks", nargs="+", choices=[t[0] for t in TASKS], default=None,
                         help="Run only these tasks, in this order (default: all, in the doc's order).")
     parser.add_argument("--keep_outputs", action="store_true", help="Keep each run's output folder (printed).")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def command_of(task, model):
@@ -191,13 +191,19 @@ def scores_text(name, scores, bold=True):
     return main + (f" ({', '.join(rest)})" if rest else "")
 
 
+def lr_text(lr):
+    return f"{lr:.0e}".replace("e-0", "e-")  # 1e-5, as the paper writes it
+
+
 def settings_text(name, r):
     s, res = r["settings"], r["all_results"]
     if "train_steps" not in res:
         return f"no training split here; evaluation only, untrained head (max length {s.get('max_length')})"
     epochs = s.get("num_train_epochs")
-    text = (f"bs {s.get('per_device_train_batch_size')}, lr {s.get('learning_rate'):g}, len {s.get('max_length')}, "
+    text = (f"bs {s.get('per_device_train_batch_size')}, lr {lr_text(s['learning_rate'])}, len {s.get('max_length')}, "
             f"warmup {s.get('warmup_ratio'):g}, ")
+    if "--num_train_epochs" in r["command"]:  # cut short: the doc's notes say why
+        return text + f"**{epochs:g} epochs** (`--num_train_epochs {epochs:g}`, {res['train_steps']} updates)"
     return text + f"{epochs:g} epochs ({res['train_steps']} updates)"
 
 
