@@ -3,6 +3,8 @@
     python bench/bench_gpu.py                               # BERT-base, seq 256, bf16, largest batch
     python bench/bench_gpu.py --torch_compile --fused_adamw
     python bench/bench_gpu.py --device cpu --tiny           # seconds on a CPU: checks the bench itself
+    python bench/bench_gpu.py --device cpu --tiny --json bench/results/gpu_cpu_tiny.json   # docs/gpu.md's sample
+    python bench/bench_gpu.py report                        # rewrite docs/gpu.md's sample from that file
 
 (a) mometas: the loop of run_mometas_pretraining.py. One objective per step drawn by the MOMETAS
     sampler, the project's collators on CPU, `model(objective=...)`, gradient clipping, the loss
@@ -44,6 +46,7 @@ import gc
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -345,7 +348,57 @@ def largest_batch(args, accelerator, config, tokenizer):
     return best
 
 
+COMMITTED = Path(__file__).resolve().parent / "results" / "gpu_cpu_tiny.json"
+
+
+def summary(results) -> str:
+    """The lines the bench prints, from its figures (also docs/gpu.md's sample of the CPU check)."""
+    mometas, plain = results["mometas"], results["plain_mlm"]
+
+    def mfu(r):
+        return f"MFU {r['mfu']:.1%}" if r["mfu"] is not None else "MFU n/a (no --peak_tflops for this device)"
+
+    return "\n".join([
+        f"device {results['device']}, {results['mixed_precision']}, {'tiny BERT' if results['tiny'] else 'BERT-base'} "
+        f"({results['params'] / 1e6:.1f}M parameters), seq {results['max_seq_length']}, batch {results['batch_size']}"
+        f"{' (largest that fits)' if results['batch_size_searched'] else ''}, {results['steps']} timed steps after "
+        f"{results['warmup_steps']} warm-up, K={results['meta_length']}, torch_compile "
+        f"{'on' if results['torch_compile'] else 'off'}, fused_adamw {'on' if results['fused_adamw'] else 'off'}",
+        f"mometas   : {mometas['corpus_tokens_per_s']:,.0f} corpus tokens/s, "
+        f"{mometas['encoder_tokens_per_s']:,.0f} encoder tokens/s, {mometas['tflops_per_s']:.1f} TFLOP/s, "
+        f"{mfu(mometas)}, meta-test {mometas['meta_test_share']:.1%} of the time",
+        "            seconds per step: " + ", ".join(
+            f"{name} {s * 1e3:.1f} ms x{mometas['steps_per_objective'][name]}" for name, s in mometas["seconds_per_step"].items()),
+        f"plain MLM : {plain['corpus_tokens_per_s']:,.0f} tokens/s, {plain['tflops_per_s']:.1f} TFLOP/s, {mfu(plain)}",
+        f"ratio mometas / plain MLM: {results['ratio_encoder_tokens']:.3f} in encoder tokens/s (goal >= 0.95), "
+        f"{results['ratio_corpus_tokens']:.3f} in corpus tokens/s",
+    ])
+
+
+def generated_blocks() -> dict:
+    """docs/gpu.md's sample of the CPU check, from ``bench/results/gpu_cpu_tiny.json``."""
+    results = json.loads(COMMITTED.read_text())
+    text = "\n".join(f"    {line}" for line in [f"$ {results['command']}", *summary(results).splitlines()])
+    return {("docs/gpu.md", "bench-gpu-cpu-check"): (
+        f"{text}\n\nFrom its start to the figures (imports excluded) the run took {results['wall_seconds']:.0f} s of "
+        f"wall-clock time and {results['cpu_seconds']:.0f} CPU s "
+        f"(`OMP_NUM_THREADS={results['omp_num_threads']}`, the project's {results['cpu_count']}-core CPU machine, no GPU, "
+        "shared with other jobs).")}
+
+
+def write_blocks():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "study"))
+    from common import write_generated_blocks
+
+    write_generated_blocks(generated_blocks())
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        print(summary(json.loads(COMMITTED.read_text())))
+        return write_blocks()
+    started, started_cpu = time.perf_counter(), time.process_time()
     args = parse_args(argv)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
     config = BertConfig(max_position_embeddings=512, **(TINY if args.tiny else {}))
@@ -376,30 +429,24 @@ def main(argv=None):
     results.update(
         device=device, mixed_precision=args.mixed_precision, max_seq_length=args.max_seq_length,
         batch_size=args.batch_size, batch_size_searched=searched, steps=args.steps, meta_length=args.meta_length,
-        torch_compile=args.torch_compile, fused_adamw=args.fused_adamw, tiny=args.tiny,
+        warmup_steps=args.warmup_steps, torch_compile=args.torch_compile, fused_adamw=args.fused_adamw, tiny=args.tiny,
         peak_tflops=(peak_flops(args) or 0) / 1e12 or None,
         ratio_encoder_tokens=mometas["encoder_tokens_per_s"] / plain["encoder_tokens_per_s"],
         ratio_corpus_tokens=mometas["corpus_tokens_per_s"] / plain["corpus_tokens_per_s"],
     )
 
-    def mfu(r):
-        return f"MFU {r['mfu']:.1%}" if r["mfu"] is not None else "MFU n/a (no --peak_tflops for this device)"
-
-    print(f"device {device}, {args.mixed_precision}, {'tiny BERT' if args.tiny else 'BERT-base'} "
-          f"({results['params'] / 1e6:.1f}M parameters), seq {args.max_seq_length}, batch {args.batch_size}"
-          f"{' (largest that fits)' if searched else ''}, {args.steps} timed steps after {args.warmup_steps} warm-up, "
-          f"K={args.meta_length}, torch_compile {'on' if args.torch_compile else 'off'}, "
-          f"fused_adamw {'on' if args.fused_adamw else 'off'}")
-    print(f"mometas   : {mometas['corpus_tokens_per_s']:,.0f} corpus tokens/s, "
-          f"{mometas['encoder_tokens_per_s']:,.0f} encoder tokens/s, {mometas['tflops_per_s']:.1f} TFLOP/s, "
-          f"{mfu(mometas)}, meta-test {mometas['meta_test_share']:.1%} of the time")
-    print("            seconds per step: " + ", ".join(
-        f"{name} {s * 1e3:.1f} ms x{mometas['steps_per_objective'][name]}" for name, s in mometas["seconds_per_step"].items()))
-    print(f"plain MLM : {plain['corpus_tokens_per_s']:,.0f} tokens/s, {plain['tflops_per_s']:.1f} TFLOP/s, {mfu(plain)}")
-    print(f"ratio mometas / plain MLM: {results['ratio_encoder_tokens']:.3f} in encoder tokens/s (goal >= 0.95), "
-          f"{results['ratio_corpus_tokens']:.3f} in corpus tokens/s")
+    print(summary(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        # The command as it is written in the docs: the flags given, the output file named relative to the repository.
+        flags = [a if a != args.json else os.path.relpath(os.path.abspath(a), Path(__file__).resolve().parents[1])
+                 for a in argv]
+        omp = os.environ.get("OMP_NUM_THREADS")
+        results.update(command=" ".join([*([f"OMP_NUM_THREADS={omp}"] if omp else []), "python bench/bench_gpu.py", *flags]),
+                       omp_num_threads=omp, cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d"),
+                       wall_seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - started_cpu)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        if Path(args.json).resolve() == COMMITTED.resolve():
+            write_blocks()
     return results
 
 

@@ -3,7 +3,11 @@
     python bench/bench_pipeline.py                       # the table: cached and streaming, tagging off/on, 1 and 2 processes
     python bench/bench_pipeline.py --max_docs 2000 --repeats 2
     python bench/bench_pipeline.py rss --copies 1,10     # peak RSS of a stream 1x and 10x as long
-    python bench/bench_pipeline.py report                # docs/benchmarks.md's table from bench/results/
+    python bench/bench_pipeline.py report                # docs/benchmarks.md's tables from bench/results/
+
+With ``--json PATH`` the table and rss commands also write their measurements; the files under
+``bench/results/pipeline_*.json`` are the runs docs/benchmarks.md quotes (``COMMITTED`` below), and
+writing one of them rewrites the docs' blocks.
 
 Each measurement runs in a fresh interpreter with a fresh datasets cache, so nothing is reused,
 and the two process counts of one configuration run back to back (repeat them with --repeats on
@@ -120,10 +124,12 @@ def run_one(path, tagging, procs, corpus, max_seq_length):
                "HF_DATASETS_CACHE": cache}
         command = [sys.executable, __file__, "_measure", "--path", path, "--tagging", tagging, "--procs", str(procs),
                    "--corpus", str(corpus), "--cache_dir", cache, "--max_seq_length", str(max_seq_length)]
+        load_before = os.getloadavg()[0]
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode:
             sys.exit(f"measurement failed: {' '.join(command)}\n{result.stderr[-3000:]}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        return {**json.loads(result.stdout.strip().splitlines()[-1]),
+                "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
@@ -160,14 +166,119 @@ def table(args):
         bound = sorted(r["cpu_bound_tokens_per_s"] for r in rows)[len(rows) // 2]
         print(f"| {key[0]} | {key[1]} | {key[2]} | {median:,.0f} | {bound:,.0f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    if args.json and Path(args.json).resolve() == COMMITTED.resolve():
-        report(args)
+        write_results(args, {"documents": n_docs, "results": results})
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-# The measurements docs/benchmarks.md quotes, and the block that quotes them.
-COMMITTED = ROOT / "bench" / "results" / "pipeline_spacy_quiet.json"
+def command_line():
+    sys.path.insert(0, str(ROOT / "study"))
+    from common import portable
+
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return " ".join([*([f"OMP_NUM_THREADS={omp}"] if omp else []), "python", "bench/bench_pipeline.py",
+                     *portable(sys.argv[1:])])
+
+
+def write_results(args, data):
+    """``--json``: the measurements with the command and the machine; a committed file rewrites the docs' blocks."""
+    data = {"command": command_line(), "max_docs": args.max_docs, "cpu_count": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "date": time.strftime("%Y-%m-%d"), **data}
+    Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
+    if any(Path(args.json).resolve() == path.resolve() for path in COMMITTED.values()):
+        write_blocks()
+
+
+# The measurements docs/benchmarks.md quotes, and the blocks that quote them.
+RESULTS = ROOT / "bench" / "results"
+COMMITTED = {"quiet": RESULTS / "pipeline_spacy_quiet.json", "table_none": RESULTS / "pipeline_table_none.json",
+             "table_spacy": RESULTS / "pipeline_table_spacy.json", "rss_none": RESULTS / "pipeline_rss_none.json",
+             "rss_spacy": RESULTS / "pipeline_rss_spacy.json"}
+
+
+def load(name):
+    """A committed file's measurements (the oldest file is a bare list)."""
+    data = json.loads(COMMITTED[name].read_text())
+    return {"results": data} if isinstance(data, list) else data
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+
+
+def kilo(x):
+    return f"{x / 1000:.1f}k" if x < 100_000 else f"{x / 1000:.0f}k"
+
+
+def medians_table(runs) -> str:
+    """Input pipeline: the median of each configuration's repeats, then the back-to-back 2-vs-1 pairs."""
+    lines = ["| path | tagging | processes | tokens/s, wall (median) | tokens/s, cpu-bound (median) "
+             "| CPU s, own + workers (median) |", "|---|---|---|---|---|---|"]
+    loads, notes = [], []
+    for data in runs:
+        results = data["results"]
+        loads += [x for r in results for x in r["load_average"]]
+        keys = []
+        for r in results:
+            if (r["path"], r["tagging"], r["procs"]) not in keys:
+                keys.append((r["path"], r["tagging"], r["procs"]))
+        for path, tagging, procs in keys:
+            rows = [r for r in results if (r["path"], r["tagging"], r["procs"]) == (path, tagging, procs)]
+            label = f"{procs} (workers)" if path == "streaming" and procs > 1 else str(procs)
+            lines.append(f"| {path} | {tagging} | {label} | {kilo(median([r['tokens_per_s'] for r in rows]))} "
+                         f"| {kilo(median([r['cpu_bound_tokens_per_s'] for r in rows]))} "
+                         f"| {median([r['own_cpu_seconds'] + r['worker_cpu_seconds'] for r in rows]):.1f} |")
+        r0 = results[0]
+        repeats = len(results) // len(keys)
+        notes.append(f"`{data['command']}`: {data['documents']:,} documents, {r0['tokens']:,} tokens per run, "
+                     f"{repeats} repeat{'s' if repeats > 1 else ''}")
+    text = "\n".join(lines) + "\n\n" + "; ".join(notes) + (
+        f". Load average {min(loads):.1f} to {max(loads):.1f} before and after the measurements "
+        f"({runs[0]['cpu_count']} CPUs, other jobs on the same cores).")
+    return text + "\n\n" + pairs_text(runs)
+
+
+def pairs_text(runs) -> str:
+    """Back-to-back pairs of the cached spaCy configuration: the ratios, the CPU seconds, Amdahl's bound."""
+    pairs = []
+    for data in runs:
+        ones = [r for r in data["results"] if r["procs"] == 1 and r["path"] == "cached" and r["tagging"] == "spacy"]
+        twos = [r for r in data["results"] if r["procs"] == 2 and r["path"] == "cached" and r["tagging"] == "spacy"]
+        pairs += list(zip(ones, twos))
+    if not pairs:
+        return ""
+    wall = " and ".join(f"{two['tokens_per_s'] / one['tokens_per_s']:.2f}×" for one, two in pairs)
+    bound = " and ".join(f"{two['cpu_bound_tokens_per_s'] / one['cpu_bound_tokens_per_s']:.2f}×" for one, two in pairs)
+    workers = " and ".join(f"{two['worker_cpu_seconds']:.1f}" for _, two in pairs)
+    single = " and ".join(f"{one['own_cpu_seconds']:.1f}" for one, _ in pairs)
+    serial = [two["own_cpu_seconds"] for _, two in pairs]
+    total = [two["own_cpu_seconds"] + two["worker_cpu_seconds"] for _, two in pairs]
+    amdahl = [t / (s + (t - s) / 2) for s, t in zip(serial, total)]
+    return (f"Back-to-back pairs, 2 vs 1 process, cached spaCy: {wall} wall-clock, {bound} cpu-bound. The two workers "
+            f"together used {workers} CPU s; one process used {single} CPU s. The serial part of the 2-process run "
+            f"(its own CPU: imports, loading and splitting, the one spaCy load) is {' and '.join(f'{x:.1f}' for x in serial)} "
+            f"CPU s out of {' and '.join(f'{x:.1f}' for x in total)}, so Amdahl's law allows at most "
+            f"{' and '.join(f'{x:.2f}×' for x in amdahl)} on these documents, and more on a longer corpus.")
+
+
+def rss_table(runs) -> str:
+    """Peak memory of one streaming pass over the corpus 1x and 10x as long."""
+    lines = ["| corpus | tagging | workers | tokens | seconds | CPU s, own + workers | peak RSS, main (MiB) "
+             "| peak RSS, worker (MiB) |", "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for data in runs:
+        for r in data["results"]:
+            worker = f"{r['max_child_rss_mib']:.0f}" if r["procs"] > 1 else "–"
+            size = f"{r['corpus_mib']:.1f}" if r["corpus_mib"] < 10 else f"{r['corpus_mib']:.0f}"
+            lines.append(f"| {r['copies']}× ({r['documents']:,} docs, {size} MiB) | {r['tagging']} "
+                         f"| {r['procs'] if r['procs'] > 1 else 0} | {r['tokens']:,} | {r['seconds']:.0f} "
+                         f"| {r['own_cpu_seconds'] + r['worker_cpu_seconds']:.0f} | {r['max_rss_mib']:.0f} | {worker} |")
+        by = {(r["copies"], r["procs"]): r for r in data["results"]}
+        growth = [f"{round(by[(c, p)]['max_rss_mib'] - by[(1, p)]['max_rss_mib']):+d} MiB with {p if p > 1 else 0} workers"
+                  for (c, p) in by if c != 1 and (1, p) in by]
+        notes.append(f"`{data['command']}`: main process at the longest corpus against 1×: {', '.join(growth)}")
+    return "\n".join(lines) + "\n\n" + ".\n".join(notes) + "."
 
 
 def pairs_table(results) -> str:
@@ -187,19 +298,27 @@ def pairs_table(results) -> str:
     return "\n".join(lines)
 
 
-def generated_blocks(results=COMMITTED) -> dict:
-    """The blocks of the docs that quote ``bench/results/``: {(doc, block name): text}."""
-    return {("docs/benchmarks.md", "bench-pipeline-quiet"): pairs_table(json.loads(Path(results).read_text()))}
+def generated_blocks() -> dict:
+    """The blocks of the docs that quote ``bench/results/``: {(doc, block name): text}; a block whose
+    measurements are not all there yet is left out."""
+    blocks = {"bench-pipeline-quiet": (["quiet"], lambda d: pairs_table(d[0]["results"])),
+              "bench-pipeline-table": (["table_none", "table_spacy"], medians_table),
+              "bench-pipeline-rss": (["rss_none", "rss_spacy"], rss_table)}
+    return {("docs/benchmarks.md", name): make([load(f) for f in files]) for name, (files, make) in blocks.items()
+            if all(COMMITTED[f].is_file() for f in files)}
+
+
+def write_blocks():
+    sys.path.insert(0, str(ROOT / "study"))
+    from common import write_generated_blocks
+
+    write_generated_blocks(generated_blocks())
 
 
 def report(args):
-    path = Path(args.json) if args.json else COMMITTED
-    print(pairs_table(json.loads(path.read_text())))
-    if path.resolve() == COMMITTED.resolve():
-        sys.path.insert(0, str(ROOT / "study"))
-        from common import write_generated_blocks
-
-        write_generated_blocks(generated_blocks())
+    for text in generated_blocks().values():
+        print(text + "\n")
+    write_blocks()
 
 
 def rss(args):
@@ -207,17 +326,21 @@ def rss(args):
     workdir = Path(tempfile.mkdtemp(prefix="mometas-bench-"))
     print("| corpus | tagging | workers | tokens | seconds | peak RSS main (MiB) | peak RSS worker (MiB) |")
     print("|---|---|---|---|---|---|---|")
+    results = []
     for copies in map(int, args.copies.split(",")):
         corpus = workdir / f"corpus_x{copies}.txt"
         n_docs = write_corpus(corpus, args.max_docs, copies)
         for procs in map(int, args.procs.split(",")):
             r = run_one("streaming", args.tagging, procs, corpus, args.max_seq_length)
+            results.append({"copies": copies, "documents": n_docs, "corpus_mib": corpus.stat().st_size / 2**20, **r})
             worker_rss = f"{r['max_child_rss_mib']:.0f}" if procs > 1 else "-"  # no DataLoader worker at 1
             print(f"| {copies}x ({n_docs} docs, {corpus.stat().st_size / 2**20:.0f} MiB) | {args.tagging} | "
                   f"{procs if procs > 1 else 0} | {r['tokens']:,} | {r['seconds']:.0f} | {r['max_rss_mib']:.0f} | "
                   f"{worker_rss} |", flush=True)
         corpus.unlink()
     shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        write_results(args, {"results": results})
 
 
 def main():
@@ -230,7 +353,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--copies", default="1,10", help="rss: corpus repetitions.")
     parser.add_argument("--max_seq_length", type=int, default=256)
-    parser.add_argument("--json", default=None, help="Also write every measurement to this file.")
+    parser.add_argument("--json", default=None, help="Also write every measurement to this file "
+                        "(bench/results/pipeline_*.json: the docs' tables).")
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--cache_dir", help=argparse.SUPPRESS)

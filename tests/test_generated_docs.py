@@ -28,6 +28,10 @@ GENERATORS = [
     ("study/run_study.py", "generated_blocks"),
     ("study/multitask.py", "generated_blocks"),
     ("bench/bench_pipeline.py", "generated_blocks"),
+    ("bench/bench_collators.py", "generated_blocks"),
+    ("bench/bench_pretraining.py", "generated_blocks"),
+    ("bench/bench_gpu.py", "generated_blocks"),
+    ("bench/finetuning_baselines.py", "generated_blocks"),
     ("study/planted.py", "generated_blocks"),
 ]
 
