@@ -101,3 +101,13 @@ def test_write_generated_block_replaces_only_its_block(tmp_path):
                                 "middle\n<!-- BEGIN GENERATED: b -->\nkeep\n<!-- END GENERATED: b -->\nend\n")
     with pytest.raises(ValueError, match="no_such"):
         write_generated_block(page, "no_such", "x")
+
+
+def test_the_baselines_doc_lists_the_commands_its_runner_runs():
+    """docs/finetuning_baselines.md's Commands section and bench/finetuning_baselines.py's TASKS are one list."""
+    tasks = load("bench/finetuning_baselines.py").TASKS
+    text = (ROOT / "docs" / "finetuning_baselines.md").read_text()
+    documented = [line.split(maxsplit=4)[1::3] for line in text.splitlines()
+                  if line.startswith("python run_") and "--model_name_or_path $MODEL " in line]
+    documented = [(script, " ".join(rest.split())) for script, rest in documented]
+    assert documented == [(script, " ".join(args.split())) for _, _, script, args in tasks]
