@@ -37,16 +37,19 @@ def _seeds(n):
     return f"{n} shared seed{'s' if n != 1 else ''}"
 
 
+def _spread(diffs):
+    """mean, std and n of per-seed differences (None without any)."""
+    if not diffs:
+        return None
+    return {"mean": statistics.fmean(diffs), "std": statistics.pstdev(diffs) if len(diffs) > 1 else 0.0, "n": len(diffs)}
+
+
 def _paired(a, b):
     """Per shared seed: final MLM loss of group a minus group b; with the number of shared seeds."""
     if a is None or b is None:
         return None
-    by_seed = dict(zip(b["seeds"], b["final_mlm_loss_per_seed"]))
-    diffs = [x - by_seed[s] for s, x in zip(a["seeds"], a["final_mlm_loss_per_seed"]) if s in by_seed]
-    if not diffs:
-        return None
-    return {"mean": statistics.fmean(diffs), "std": statistics.pstdev(diffs) if len(diffs) > 1 else 0.0,
-            "n": len(diffs), "better": sum(d < 0 for d in diffs)}
+    diffs, _ = _per_seed_difference(a, b, "final_mlm_loss_per_seed")
+    return None if not diffs else {**_spread(diffs), "better": sum(d < 0 for d in diffs)}
 
 
 def _per_seed_difference(a, b, key):
@@ -72,8 +75,7 @@ def candidate_decision(groups) -> dict | None:
         diffs, seeds = _per_seed_difference(mine, recipe, key) if mine and recipe else ([], [])
         out[f"{name}_minus_recipe_per_seed"] = diffs
         out[f"{name}_seeds"] = seeds
-        out[f"{name}_minus_recipe"] = ({"mean": statistics.fmean(diffs), "n": len(diffs),
-                                        "std": statistics.pstdev(diffs) if len(diffs) > 1 else 0.0} if diffs else None)
+        out[f"{name}_minus_recipe"] = _spread(diffs)
     d, w = out["discrimination_minus_recipe"], out["duplicate_weight_minus_recipe"]
     if d is None or w is None or d["n"] < 5 or w["n"] < 5:
         out["decision"] = "not concluded: fewer than 5 shared seeds at f = 1 or f = 0"
